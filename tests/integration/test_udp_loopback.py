@@ -1,0 +1,158 @@
+"""Two real UDP interfaces on loopback."""
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from ttnet import (EngineConfig, TTNetworkInterfaceUDP, TTNetworkMessageUDP,
+                   convert_to_packet, message)
+from ttnet.wire import encode_data, encode_req
+
+
+class Inbox:
+    def __init__(self):
+        self.items = []
+        self.cond = threading.Condition()
+
+    def __call__(self, msg):
+        with self.cond:
+            self.items.append(msg)
+            self.cond.notify_all()
+
+    def wait_for(self, n, timeout=20.0):
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.items) >= n, timeout)
+            return list(self.items)
+
+
+@pytest.fixture
+def pair(udp_port):
+    inbox = Inbox()
+    pb, pa = udp_port(), udp_port()
+    b = TTNetworkInterfaceUDP(port=pb, receiver_function=inbox)
+    a = TTNetworkInterfaceUDP(port=pa)
+    yield a, b, inbox
+    a.cleanup()
+    b.cleanup()
+
+
+def test_object_round_trip_with_restricted_decode(pair):
+    a, b, inbox = pair
+    obj = {"token": [1, 2.5, "x", None], "t": (3, frozenset({4}))}
+    h = a.send(message(obj, "127.0.0.1", b.port), ensure=True)
+    assert h.wait(5) and h.ok
+    (got,) = inbox.wait_for(1)
+    assert got.decode() == obj and got.address == ("127.0.0.1", a.port)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1199, 1200, 1201, 2400, 10**6, 10**7])
+def test_sizes_arrive_intact(pair, size):
+    a, b, inbox = pair
+    payload = os.urandom(size)
+    h = a.send(TTNetworkMessageUDP("127.0.0.1", b.port, payload), ensure=True)
+    assert h.wait(30), h.reason
+    (got,) = inbox.wait_for(1)
+    assert got.payload == payload
+
+
+def test_many_parallel_messages_exactly_once(pair):
+    a, b, inbox = pair
+    payloads = {i: i.to_bytes(4, "big") + os.urandom(i * 97) for i in range(200)}
+    handles = [a.send(TTNetworkMessageUDP("127.0.0.1", b.port, p), ensure=True)
+               for p in payloads.values()]
+    assert all(h.wait(30) for h in handles)
+    got = inbox.wait_for(200)
+    time.sleep(0.2)                                     # any duplicate would show up now
+    assert len(inbox.items) == 200
+    assert sorted(m.payload for m in got) == sorted(payloads.values())
+
+
+def test_after_callback_runs_on_completion(pair):
+    a, b, _ = pair
+    done = threading.Event()
+    a.send(message("hi", "127.0.0.1", b.port), after=done.set, ensure=True)
+    assert done.wait(5)
+
+
+def test_failure_reported_after_deadline_when_peer_is_gone(udp_port):
+    dead = udp_port()                                   # nobody listens there
+    failures = []
+    with TTNetworkInterfaceUDP(port=udp_port(), failure_function=lambda m, r: failures.append(r)) as a:
+        t0 = time.monotonic()
+        h = a.send(message("x" * 5000, "127.0.0.1", dead), ensure=True, deadline_s=1.0)
+        assert not h.wait(5) and h.done
+        elapsed = time.monotonic() - t0
+        assert 1.0 <= elapsed < 2.0
+        assert "no ACK_START" in h.reason and failures == [h.reason]
+        assert a.counters["messages_failed"] == 1 and a.engine.pending_sends() == 0
+
+
+def test_malformed_and_corrupt_datagrams_are_dropped_and_counted(pair):
+    a, b, inbox = pair
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        bad = bytearray(encode_data(1, 0, b"abc"))
+        bad[-1] ^= 1
+        for dg in (b"", b"\xff" * 40, b"\x00" * 3, bytes(bad), b"\x01" * 5000, encode_req(7, 2)[:-1]):
+            raw.sendto(dg, ("127.0.0.1", b.port))
+        time.sleep(0.2)
+    c = b.counters
+    assert c["dropped_malformed"] >= 4 and c["dropped_crc"] == 1
+    h = a.send(message("still alive", "127.0.0.1", b.port), ensure=True)
+    assert h.wait(5)
+    assert inbox.wait_for(1)[0].decode() == "still alive"
+
+
+def test_receiver_exception_does_not_kill_the_interface(udp_port):
+    calls = []
+
+    def bad_receiver(msg):
+        calls.append(msg)
+        raise RuntimeError("user bug")
+
+    with TTNetworkInterfaceUDP(port=udp_port(), receiver_function=bad_receiver) as b, \
+            TTNetworkInterfaceUDP(port=udp_port()) as a:
+        for i in range(3):
+            assert a.send(message(i, "127.0.0.1", b.port), ensure=True).wait(5)
+        deadline = time.monotonic() + 5
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) == 3 and b.counters["callback_errors"] == 3
+
+
+def test_cleanup_is_fast_and_frees_the_port(udp_port):
+    port = udp_port()
+    iface = TTNetworkInterfaceUDP(port=port)
+    iface.send(message("x" * 100000, "127.0.0.1", udp_port()), ensure=True)
+    t0 = time.monotonic()
+    iface.cleanup()
+    assert time.monotonic() - t0 < 0.2
+    assert not iface._io.is_alive() and not iface._dispatch.is_alive()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))                     # port is free again
+    with pytest.raises(RuntimeError, match="closed"):
+        iface.send(message(1, "127.0.0.1", port))
+
+
+@pytest.mark.parametrize("kwargs,match", [({"port": 80}, "1024..65535"),
+                                          ({"port": 70000}, "1024..65535"),
+                                          ({"ip_addr": "1.2.3"}, "IPv4"),
+                                          ({"ip_addr": "::1"}, "IPv4")])
+def test_bad_endpoint_is_a_clear_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TTNetworkInterfaceUDP(**kwargs)
+
+
+def test_ttpython_style_helpers(pair):
+    a, b, _ = pair
+    msg = message(list(range(2000)), "127.0.0.1", b.port)
+    w = a.create_sending_window(msg)
+    assert w.total == msg.get_request().num_packets == len(msg.generate_packets(1000))
+    assert a.create_receiving_window(3).total == 3
+    assert a.ensure_handshake(msg).wait(5)
+    assert a.handshake(msg).wait(5)
+    called = []
+    a.wrap_completion(lambda x: called.append(x), 5)()
+    a.wrap_completion(lambda: 1 / 0)()                  # swallowed and logged
+    assert called == [5]

@@ -1,0 +1,661 @@
+"""The ttnet protocol engine: TTPython's UDP protocol as a sans-I/O machine.
+
+What it owns: every protocol decision for one local endpoint -- the
+handshake (REQ / ACK_START, REQ retransmission for ``ensure=True``),
+fragmentation, the selective-repeat windows, acknowledgements,
+retransmission timers (adaptive RTO per peer), fast retransmit, the
+congestion window that paces what is in flight, exactly-once delivery
+(recently completed messages are remembered and their late duplicates
+re-ACKed, never re-delivered), send deadlines, and the memory bounds on
+what peers may make it hold.
+
+What it must never do: open a socket, start a thread, sleep or read a
+clock. The caller drives it::
+
+    engine.send_message(address, payload, now, ensure=True)   -> handle
+    engine.datagram_received(data, address, now)
+    engine.handle_timers(now)
+    engine.datagrams_to_send(now)       -> [(bytes, address), ...]
+    engine.next_timer()                 -> absolute time or None
+    engine.pop_events()                 -> [Delivered | SendCompleted | SendFailed]
+
+Time is whatever monotonic seconds the driver uses (real or simulated).
+Bad datagrams are counted in :attr:`Engine.counters` and dropped; nothing a
+peer sends can make these methods raise.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import struct
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+from .rtt import CongestionWindow, RttEstimator
+from .window import TTSlidingWindow
+from .wire import (MAX_DATA, MAX_DATAGRAM, TTPacketType, crc32, encode_ack,
+                   encode_data, encode_req, packet_count)
+
+log = logging.getLogger(__name__)
+
+Address = Hashable  # ("ip", port) for UDP, an ensemble name in the simulator
+
+_SEQ = struct.Struct("<BQI")
+_REQ = struct.Struct("<BQHI")
+_INF = float("inf")
+
+# packet states on the sending side
+_UNSENT, _INFLIGHT, _LOST, _ACKED = 0, 1, 2, 3
+
+
+@dataclass
+class EngineConfig:
+    """Tunables. Defaults are what a TTPython deployment should run with."""
+
+    window_size: int = 1000          # fixed by the wire format (seq mod 2W+1)
+    initial_rto_s: float = 0.1       # TTPython's timeout_ms default
+    min_rto_s: float = 0.005
+    max_rto_s: float = 2.0
+    #: ensure=True sends give up (and report failure) after this long.
+    send_deadline_s: float = 30.0
+    #: ensure=False sends REQ once; they are abandoned after this long.
+    best_effort_deadline_s: float = 5.0
+    #: Largest message accepted in either direction (REQs above it are refused).
+    max_message_size: int = 64 * 1024 * 1024
+    #: Incomplete incoming messages one peer may have at once.
+    max_incoming_per_peer: int = 256
+    #: Bytes of incomplete incoming messages one peer may reserve.
+    peer_receive_budget: int = 128 * 1024 * 1024
+    #: Bytes of incomplete incoming messages all peers together may reserve.
+    total_receive_budget: int = 512 * 1024 * 1024
+    #: An incoming message with no new packet for this long is dropped.
+    incoming_idle_timeout_s: float = 15.0
+    #: How long a completed message is remembered to suppress duplicates.
+    completed_ttl_s: float = 120.0
+    completed_max: int = 1 << 16
+    initial_cwnd: int = 32
+    #: Packets sent after a missing one, once acknowledged, mark it lost.
+    dup_thresh: int = 3
+    #: A repeated REQ arriving this soon after our ACK_START is a network
+    #: duplicate, not a retransmission (our REQ RTO is >= min_rto_s).
+    ack_start_guard_s: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.window_size < 1:
+            raise ValueError("window_size must be >= 1")
+        if self.max_message_size < 0:
+            raise ValueError("max_message_size must be >= 0")
+
+
+# --- events ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    address: Address
+    message_id: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendCompleted:
+    handle: int
+    address: Address
+    message_id: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    handle: int
+    address: Address
+    message_id: int
+    size: int
+    reason: str
+
+
+class MessageTooLarge(ValueError):
+    pass
+
+
+# --- per-message and per-peer state -----------------------------------------
+@dataclass(eq=False)
+class _Outgoing:
+    handle: int
+    address: Address
+    message_id: int
+    payload: bytes
+    ensure: bool
+    deadline: float
+    window: TTSlidingWindow
+    state: bytearray
+    sent_at: list[float]
+    last_tx: list[int]
+    retransmitted: bytearray
+    started: bool = False
+    req_count: int = 0
+    req_next_at: float = _INF
+    req_rto: float = 0.1
+    req_first_at: float = 0.0
+    echo_budget: int = 0
+    next_new: int = 0
+    lost: deque = field(default_factory=deque)     # indices to resend
+    flight: deque = field(default_factory=deque)   # (tx, index) by send order
+    backoff: float = 1.0
+    scheduled_at: float = _INF
+    done: bool = False
+
+    @property
+    def num_packets(self) -> int:
+        return self.window.total
+
+
+@dataclass(eq=False)
+class _Incoming:
+    address: Address
+    message_id: int
+    window: TTSlidingWindow
+    reserved: int
+    last_progress: float
+    last_ack_start: float
+    scheduled_at: float = _INF
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Peer:
+    address: Address
+    rtt: RttEstimator
+    cwnd: CongestionWindow
+    inflight: int = 0
+    outgoing: dict[int, _Outgoing] = field(default_factory=dict)
+    incoming: dict[int, _Incoming] = field(default_factory=dict)
+    reserved: int = 0
+
+
+class Engine:
+    """One endpoint's protocol state. Not thread-safe: one driver owns it."""
+
+    def __init__(self, config: EngineConfig | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.rng = rng or random.Random()
+        self.counters: Counter[str] = Counter()
+        self._peers: dict[Address, _Peer] = {}
+        self._control: deque[tuple[bytes, Address]] = deque()
+        self._events: list[Any] = []
+        self._timers: list[tuple[float, int, Any]] = []
+        self._timer_seq = 0
+        self._handles = 0
+        self._tx = 0
+        self._reserved_total = 0
+        self._completed: OrderedDict[tuple[Address, int], tuple[int, float]] = OrderedDict()
+        self._sending: dict[int, _Outgoing] = {}   # handle -> message, started ones
+
+    # ------------------------------------------------------------------ API
+    def send_message(self, address: Address, payload: bytes, now: float,
+                     ensure: bool = False, deadline_s: float | None = None) -> int:
+        """Queue a message; returns a handle that later events name.
+
+        Raises MessageTooLarge above ``config.max_message_size``.
+        """
+        payload = bytes(payload)
+        cfg = self.config
+        if len(payload) > cfg.max_message_size:
+            raise MessageTooLarge(
+                f"message of {len(payload)} bytes exceeds max_message_size="
+                f"{cfg.max_message_size}; raise it in EngineConfig or split the object")
+        if deadline_s is None:
+            deadline_s = cfg.send_deadline_s if ensure else cfg.best_effort_deadline_s
+        peer = self._peer(address)
+        mid = self.rng.getrandbits(64)
+        while mid in peer.outgoing:
+            mid = self.rng.getrandbits(64)
+        self._handles += 1
+        n = packet_count(len(payload))
+        out = _Outgoing(
+            handle=self._handles, address=address, message_id=mid, payload=payload,
+            ensure=ensure, deadline=now + deadline_s,
+            window=TTSlidingWindow(cfg.window_size, int(cfg.initial_rto_s * 1000),
+                                   initializer=n),
+            state=bytearray(n), sent_at=[0.0] * n, last_tx=[0] * n,
+            retransmitted=bytearray(n), req_rto=peer.rtt.rto, req_first_at=now)
+        peer.outgoing[mid] = out
+        self._send_req(out, now)
+        self._rearm(out)
+        self.counters["messages_queued"] += 1
+        return out.handle
+
+    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
+        """Feed one datagram. Never raises for bad input; counts and drops."""
+        self.counters["packets_received"] += 1
+        n = len(data)
+        if n < 17 or n > MAX_DATAGRAM:
+            self.counters["dropped_malformed"] += 1
+            return
+        kind = data[0]
+        if kind == TTPacketType.DATA:
+            pass
+        elif kind == TTPacketType.ACK or kind == TTPacketType.REQ:
+            if n != (17 if kind == TTPacketType.ACK else 19):
+                self.counters["dropped_malformed"] += 1
+                return
+        else:
+            self.counters["dropped_malformed"] += 1
+            return
+        if crc32(data) != 0:
+            self.counters["dropped_crc"] += 1
+            return
+        if kind == TTPacketType.ACK:
+            _, mid, seq = _SEQ.unpack_from(data)
+            self._on_ack(address, mid, seq, now)
+        elif kind == TTPacketType.DATA:
+            _, mid, seq = _SEQ.unpack_from(data)
+            self._on_data(address, mid, seq, data[13:-4], now)
+        else:
+            _, mid, _mtype, num = _REQ.unpack_from(data)
+            self._on_req(address, mid, num, now)
+
+    def handle_timers(self, now: float) -> None:
+        """Run everything due at or before ``now``."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _, obj = heapq.heappop(timers)
+            if obj.done or when != obj.scheduled_at:
+                continue                      # stale entry
+            obj.scheduled_at = _INF
+            if isinstance(obj, _Outgoing):
+                self._service_outgoing(obj, now)
+                if not obj.done:
+                    self._rearm(obj)
+            else:
+                self._service_incoming(obj, now)
+        if self._completed:
+            self._purge_completed(now)
+
+    def next_timer(self) -> float | None:
+        timers = self._timers
+        while timers:
+            when, _, obj = timers[0]
+            if obj.done or when != obj.scheduled_at:
+                heapq.heappop(timers)
+                continue
+            return when
+        return None
+
+    def datagrams_to_send(self, now: float, limit: int = 1 << 30) -> list[tuple[bytes, Address]]:
+        """Control packets first (ACKs, REQs), then DATA within each peer's
+        congestion window, smallest remaining message first so tokens are
+        not stuck behind bulk transfers. At most ``limit`` datagrams."""
+        out: list[tuple[bytes, Address]] = []
+        control = self._control
+        while control and len(out) < limit:
+            out.append(control.popleft())
+        if len(out) >= limit or not self._sending:
+            return out
+        by_peer: dict[Address, list[_Outgoing]] = {}
+        for msg in self._sending.values():
+            by_peer.setdefault(msg.address, []).append(msg)
+        for address, msgs in by_peer.items():
+            peer = self._peers[address]
+            if len(msgs) > 1:
+                msgs.sort(key=lambda m: m.num_packets - m.window.done_count)
+            for msg in msgs:
+                while peer.inflight < peer.cwnd.cwnd and len(out) < limit:
+                    dg = self._next_data(msg, peer, now)
+                    if dg is None:
+                        break
+                    out.append((dg, address))
+                if len(out) >= limit or peer.inflight >= peer.cwnd.cwnd:
+                    break
+        return out
+
+    def pop_events(self) -> list[Any]:
+        ev, self._events = self._events, []
+        return ev
+
+    def cancel_all(self, reason: str) -> None:
+        """Fail every pending send (used when the interface closes)."""
+        for peer in self._peers.values():
+            for out in list(peer.outgoing.values()):
+                self._fail(out, reason)
+
+    # ---------------------------------------------------------------- queries
+    def pending_sends(self) -> int:
+        return sum(len(p.outgoing) for p in self._peers.values())
+
+    def pending_receives(self) -> int:
+        return sum(len(p.incoming) for p in self._peers.values())
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self._reserved_total
+
+    def rtt_of(self, address: Address) -> RttEstimator | None:
+        peer = self._peers.get(address)
+        return peer.rtt if peer else None
+
+    # ---------------------------------------------------------------- helpers
+    def _peer(self, address: Address) -> _Peer:
+        peer = self._peers.get(address)
+        if peer is None:
+            cfg = self.config
+            peer = _Peer(address,
+                         RttEstimator(cfg.initial_rto_s, cfg.min_rto_s, cfg.max_rto_s),
+                         CongestionWindow(initial=cfg.initial_cwnd, maximum=cfg.window_size))
+            self._peers[address] = peer
+        return peer
+
+    def _schedule(self, obj: Any, when: float) -> None:
+        if when < obj.scheduled_at:
+            obj.scheduled_at = when
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (when, self._timer_seq, obj))
+
+    # ------------------------------------------------------------ sender side
+    def _send_req(self, out: _Outgoing, now: float) -> None:
+        self._control.append((encode_req(out.message_id, out.num_packets), out.address))
+        self.counters["req_sent"] += 1
+        if out.req_count:
+            self.counters["req_retransmitted"] += 1
+        out.req_count += 1
+        if out.ensure:
+            out.req_next_at = now + out.req_rto
+            out.req_rto = min(out.req_rto * 2, self.config.max_rto_s)
+        else:
+            out.req_next_at = _INF
+
+    def _rearm(self, out: _Outgoing) -> None:
+        when = out.deadline
+        if not out.started:
+            when = min(when, out.req_next_at)
+        else:
+            head = self._flight_head(out)
+            if head is not None:
+                rto = self._peers[out.address].rtt.rto * out.backoff
+                when = min(when, out.sent_at[head] + rto)
+        self._schedule(out, when)
+
+    def _flight_head(self, out: _Outgoing) -> int | None:
+        flight, state, last_tx = out.flight, out.state, out.last_tx
+        while flight:
+            tx, idx = flight[0]
+            if state[idx] == _INFLIGHT and last_tx[idx] == tx:
+                return idx
+            flight.popleft()
+        return None
+
+    def _service_outgoing(self, out: _Outgoing, now: float) -> None:
+        if now >= out.deadline:
+            if not out.started:
+                reason = (f"deadline: no ACK_START after {out.req_count} REQ(s)"
+                          + ("" if out.ensure else " (best effort sends REQ once)"))
+            else:
+                reason = (f"deadline: {out.window.done_count}/{out.num_packets} "
+                          "packets acknowledged")
+            self._fail(out, reason)
+            return
+        if not out.started:
+            if now >= out.req_next_at:
+                self._send_req(out, now)
+            return
+        peer = self._peers[out.address]
+        rto = peer.rtt.rto * out.backoff
+        timed_out = False
+        flight, state, last_tx, sent_at = out.flight, out.state, out.last_tx, out.sent_at
+        while flight:
+            tx, idx = flight[0]
+            if state[idx] != _INFLIGHT or last_tx[idx] != tx:
+                flight.popleft()
+                continue
+            if sent_at[idx] + rto > now:
+                break
+            flight.popleft()
+            self._mark_lost(out, peer, idx)
+            timed_out = True
+        if timed_out:
+            self.counters["rto_expired"] += 1
+            out.backoff = min(out.backoff * 2, 64.0)
+            srtt = peer.rtt.srtt if peer.rtt.srtt is not None else 0.0
+            peer.cwnd.on_loss(now, srtt)
+
+    def _mark_lost(self, out: _Outgoing, peer: _Peer, idx: int) -> None:
+        out.state[idx] = _LOST
+        peer.inflight -= 1
+        out.lost.append(idx)
+
+    def _next_data(self, out: _Outgoing, peer: _Peer, now: float) -> bytes | None:
+        state = out.state
+        idx = -1
+        while out.lost:
+            i = out.lost.popleft()
+            if state[i] == _LOST:
+                idx = i
+                out.retransmitted[i] = 1
+                self.counters["data_retransmitted"] += 1
+                break
+        if idx < 0:
+            if out.next_new >= out.window.end:
+                return None
+            idx = out.next_new
+            out.next_new += 1
+        self._tx += 1
+        state[idx] = _INFLIGHT
+        out.last_tx[idx] = self._tx
+        out.sent_at[idx] = now
+        out.flight.append((self._tx, idx))
+        peer.inflight += 1
+        self.counters["data_sent"] += 1
+        if len(out.flight) == 1 or out.scheduled_at == _INF:
+            self._rearm(out)
+        start = idx * MAX_DATA
+        return encode_data(out.message_id, idx % out.window.modulus,
+                           out.payload[start:start + MAX_DATA])
+
+    def _on_ack(self, address: Address, mid: int, seq: int, now: float) -> None:
+        self.counters["acks_received"] += 1
+        peer = self._peers.get(address)
+        out = peer.outgoing.get(mid) if peer else None
+        if out is None:
+            self.counters["ack_unknown_message"] += 1
+            return
+        if not out.started:
+            if seq != 0:
+                self.counters["ack_before_start"] += 1
+                return
+            out.started = True
+            out.window.start(now)
+            out.echo_budget = out.req_count - 1
+            if out.req_count == 1:        # Karn: only an unambiguous sample
+                peer.rtt.sample(now - out.req_first_at)
+            self.counters["handshakes"] += 1
+            if out.num_packets == 0:
+                self._complete(out)
+                return
+            self._sending[out.handle] = out
+            self._rearm(out)
+            return
+        idx = out.window.get_packet_index(seq)
+        if idx is None:
+            self.counters["ack_out_of_window"] += 1
+            return
+        if idx == 0 and out.echo_budget > 0 and out.state[0] != _ACKED:
+            # After a retransmitted REQ, the receiver's extra ACK_START is
+            # indistinguishable from ACK(0). Treat up to req_count-1 of them
+            # as echoes; a real ack of packet 0 follows its retransmission.
+            out.echo_budget -= 1
+            self.counters["ack_start_echo_ignored"] += 1
+            return
+        if out.state[idx] == _UNSENT:
+            self.counters["ack_for_unsent"] += 1
+            return
+        if out.window.ack(seq) is None:
+            self.counters["ack_duplicate"] += 1
+            return
+        prev = out.state[idx]
+        out.state[idx] = _ACKED
+        if prev == _INFLIGHT:
+            peer.inflight -= 1
+        if not out.retransmitted[idx]:
+            peer.rtt.sample(now - out.sent_at[idx])
+        out.backoff = 1.0
+        peer.cwnd.on_ack()
+        if out.window.complete:
+            self._complete(out)
+            return
+        # Fast retransmit: anything sent dup_thresh transmissions before the
+        # packet just acknowledged and still unacknowledged is presumed lost.
+        flight, state, last_tx = out.flight, out.state, out.last_tx
+        limit = last_tx[idx] - self.config.dup_thresh
+        lost_any = False
+        while flight and flight[0][0] < limit:
+            tx, i = flight.popleft()
+            if state[i] == _INFLIGHT and last_tx[i] == tx:
+                self._mark_lost(out, peer, i)
+                lost_any = True
+        if lost_any:
+            self.counters["fast_retransmit"] += 1
+            srtt = peer.rtt.srtt if peer.rtt.srtt is not None else 0.0
+            peer.cwnd.on_loss(now, srtt)
+
+    def _complete(self, out: _Outgoing) -> None:
+        self._finish(out)
+        self.counters["messages_sent"] += 1
+        self._events.append(SendCompleted(out.handle, out.address, out.message_id,
+                                          len(out.payload)))
+
+    def _fail(self, out: _Outgoing, reason: str) -> None:
+        if out.done:
+            return
+        self._finish(out)
+        self.counters["messages_failed"] += 1
+        log.info("send to %s failed: %s", out.address, reason)
+        self._events.append(SendFailed(out.handle, out.address, out.message_id,
+                                       len(out.payload), reason))
+
+    def _finish(self, out: _Outgoing) -> None:
+        out.done = True
+        peer = self._peers[out.address]
+        peer.outgoing.pop(out.message_id, None)
+        self._sending.pop(out.handle, None)
+        inflight = sum(1 for s in out.state if s == _INFLIGHT) if out.started else 0
+        peer.inflight -= inflight
+        out.payload = b""
+        out.flight.clear()
+        out.lost.clear()
+
+    # ---------------------------------------------------------- receiver side
+    def _ack(self, address: Address, mid: int, seq: int) -> None:
+        self._control.append((encode_ack(mid, seq), address))
+        self.counters["acks_sent"] += 1
+
+    def _on_req(self, address: Address, mid: int, num: int, now: float) -> None:
+        self.counters["req_received"] += 1
+        cfg = self.config
+        peer = self._peer(address)
+        inc = peer.incoming.get(mid)
+        if inc is not None:
+            # Repeat REQ: the ACK_START may have been lost. Once DATA flows
+            # the sender has started and another ACK(0) would only be
+            # mistaken for an ack of packet 0.
+            if inc.window.done_count == 0 and now - inc.last_ack_start >= cfg.ack_start_guard_s:
+                inc.last_ack_start = now
+                self._ack(address, mid, 0)
+            else:
+                self.counters["req_duplicate_ignored"] += 1
+            return
+        done = self._completed.get((address, mid))
+        if done is not None and done[0] == num:
+            self.counters["req_duplicate_completed"] += 1
+            self._ack(address, mid, 0)
+            return
+        size = num * MAX_DATA
+        if size > cfg.max_message_size:
+            self.counters["req_refused_too_large"] += 1
+            return
+        if len(peer.incoming) >= cfg.max_incoming_per_peer:
+            self.counters["req_refused_peer_limit"] += 1
+            return
+        if (peer.reserved + size > cfg.peer_receive_budget
+                or self._reserved_total + size > cfg.total_receive_budget):
+            self.counters["req_refused_budget"] += 1
+            return
+        window = TTSlidingWindow(cfg.window_size, int(cfg.initial_rto_s * 1000),
+                                 initializer=num)
+        window.start(now)
+        self._ack(address, mid, 0)
+        if num == 0:
+            self._deliver(address, mid, b"", 0, now)
+            return
+        inc = _Incoming(address, mid, window, size, now, now)
+        peer.incoming[mid] = inc
+        peer.reserved += size
+        self._reserved_total += size
+        self._schedule(inc, now + cfg.incoming_idle_timeout_s)
+
+    def _on_data(self, address: Address, mid: int, seq: int, data: bytes,
+                 now: float) -> None:
+        self.counters["data_received"] += 1
+        peer = self._peers.get(address)
+        inc = peer.incoming.get(mid) if peer else None
+        if inc is None:
+            if (address, mid) in self._completed:
+                self.counters["data_duplicate_completed"] += 1
+                self._ack(address, mid, seq)
+            else:
+                self.counters["dropped_unknown_message"] += 1
+            return
+        window = inc.window
+        idx, new = window.receive(seq, data)
+        if idx is None:
+            self.counters["dropped_out_of_window"] += 1
+            return
+        self._ack(address, mid, seq)
+        if not new:
+            self.counters["data_duplicate"] += 1
+            return
+        if idx < window.total - 1 and len(data) != MAX_DATA:
+            # Only the last packet may be short: a peer that breaks this
+            # would make us reassemble a corrupt payload. Drop the message.
+            self.counters["dropped_bad_fragment"] += 1
+            self._drop_incoming(peer, inc)
+            return
+        inc.last_progress = now
+        if window.complete:
+            payload = window.assemble()
+            self._drop_incoming(peer, inc)
+            self._deliver(address, mid, payload, window.total, now)
+
+    def _drop_incoming(self, peer: _Peer, inc: _Incoming) -> None:
+        inc.done = True
+        peer.incoming.pop(inc.message_id, None)
+        peer.reserved -= inc.reserved
+        self._reserved_total -= inc.reserved
+        inc.window.items = []
+
+    def _service_incoming(self, inc: _Incoming, now: float) -> None:
+        expires = inc.last_progress + self.config.incoming_idle_timeout_s
+        if now >= expires:
+            self.counters["incoming_expired"] += 1
+            log.info("dropping incomplete message %x from %s after %.1fs idle",
+                     inc.message_id, inc.address, now - inc.last_progress)
+            self._drop_incoming(self._peers[inc.address], inc)
+        else:
+            self._schedule(inc, expires)
+
+    def _deliver(self, address: Address, mid: int, payload: bytes, num: int,
+                 now: float) -> None:
+        self._completed[(address, mid)] = (num, now + self.config.completed_ttl_s)
+        self._purge_completed(now)
+        self.counters["messages_delivered"] += 1
+        self.counters["bytes_delivered"] += len(payload)
+        self._events.append(Delivered(address, mid, payload))
+
+    def _purge_completed(self, now: float) -> None:
+        completed = self._completed
+        cap = self.config.completed_max
+        while completed:
+            key, (_, expires) = next(iter(completed.items()))
+            if expires > now and len(completed) <= cap:
+                break
+            completed.popitem(last=False)

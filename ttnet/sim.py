@@ -1,0 +1,265 @@
+"""TTNetworkInterfaceSim: the protocol engine driven over simpy-modelled links.
+
+Two modes:
+- No network model (TTPython's behaviour): the recipient is an ensemble
+  object and the message is handed to its ``receive_network_message`` at
+  the current simulated time.
+- With a :class:`SimNetwork`: every message travels packet by packet
+  through the same :class:`ttnet.engine.Engine` the UDP interface uses, over
+  directed links that drop, delay (+ jitter), and rate-limit datagrams, with
+  a per-datagram host cost serialised on each host's CPU. A lost REQ or DATA
+  packet therefore costs what it costs on a real network.
+
+Model order per datagram, matching the emulator (NFQUEUE on the sender's
+OUTPUT hook, then the egress qdisc): host CPU -> loss -> delay + jitter
+(uniform in [-jitter, +jitter], clipped at 0; packets may reorder) -> rate
+FIFO (Ethernet+IP+UDP overhead counted) -> receiver host CPU.
+
+Must never: read the wall clock or global random state (same seed, same
+result), or hold protocol logic (that belongs to the engine).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
+
+from . import codec
+from .engine import Delivered, Engine, EngineConfig, SendCompleted, SendFailed
+from .udp import TTReceivedMessage
+
+log = logging.getLogger(__name__)
+
+#: Bytes a UDP datagram occupies on an Ethernet link beyond its payload
+#: (14 Ethernet + 20 IPv4 + 8 UDP); rate limiters count these too.
+WIRE_OVERHEAD_BYTES = 42
+
+
+@dataclass(frozen=True)
+class LinkParams:
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    loss: float = 0.0           # fraction 0..1
+    rate_bps: float | None = None
+    duplicate: float = 0.0      # fraction 0..1
+    corrupt: float = 0.0        # fraction 0..1
+
+    def __post_init__(self) -> None:
+        if self.delay_s < 0 or self.jitter_s < 0:
+            raise ValueError("delay_s and jitter_s must be >= 0")
+        for name in ("loss", "duplicate", "corrupt"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a fraction in [0, 1]")
+        if self.rate_bps is not None and self.rate_bps <= 0:
+            raise ValueError("rate_bps must be > 0 or None")
+
+
+class TTNetworkMessageSim:
+    """A simulated message: ``recipient`` is an ensemble object (or, with a
+    network model, its name) and ``payload`` the object or bytes."""
+
+    def __init__(self, recipient: Any, payload: Any) -> None:
+        self.recipient = recipient
+        self.payload = payload
+
+    def get_address(self) -> Any:
+        return self.recipient
+
+
+@dataclass
+class _LinkState:
+    params: LinkParams
+    free_at: float = 0.0
+
+
+class SimNetwork:
+    """Directed links between named simulated hosts."""
+
+    def __init__(self, sim: Any, default: LinkParams | None = None,
+                 links: dict[tuple[Hashable, Hashable], LinkParams] | None = None,
+                 seed: int = 1, host_cost_s: float = 0.0) -> None:
+        self.sim = sim
+        self.default = default or LinkParams()
+        self._params = dict(links or {})
+        self._links: dict[tuple[Hashable, Hashable], _LinkState] = {}
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.host_cost_s = host_cost_s
+        self.hosts: dict[Hashable, "TTNetworkInterfaceSim"] = {}
+        self.dropped = 0
+        self.duplicated = 0
+        self.corrupted = 0
+
+    def link(self, src: Hashable, dst: Hashable) -> _LinkState:
+        st = self._links.get((src, dst))
+        if st is None:
+            st = _LinkState(self._params.get((src, dst), self.default))
+            self._links[(src, dst)] = st
+        return st
+
+    def attach(self, name: Hashable, iface: "TTNetworkInterfaceSim") -> None:
+        if name in self.hosts:
+            raise ValueError(f"a host named {name!r} is already attached")
+        self.hosts[name] = iface
+
+    def transmit(self, src: Hashable, dst: Hashable, datagram: bytes, at: float) -> None:
+        """Put a datagram on the link src -> dst at simulated time ``at``."""
+        target = self.hosts.get(dst)
+        if target is None:
+            self.dropped += 1
+            return
+        st = self.link(src, dst)
+        p, rng = st.params, self.rng
+        if p.loss and rng.random() < p.loss:
+            self.dropped += 1
+            return
+        copies = 1
+        if p.duplicate and rng.random() < p.duplicate:
+            copies, self.duplicated = 2, self.duplicated + 1
+        for _ in range(copies):
+            data = datagram
+            if p.corrupt and rng.random() < p.corrupt:
+                self.corrupted += 1
+                b = bytearray(data)
+                b[rng.randrange(len(b))] ^= 0xFF
+                data = bytes(b)
+            t = at + p.delay_s
+            if p.jitter_s:
+                t += rng.uniform(-p.jitter_s, p.jitter_s)
+                t = max(t, at)
+            if p.rate_bps:
+                start = max(t, st.free_at)
+                st.free_at = start + (len(data) + WIRE_OVERHEAD_BYTES) * 8 / p.rate_bps
+                t = st.free_at
+            target._arrive(data, src, t)
+
+
+class TTNetworkInterfaceSim:
+    """Simulated interface. ``TTNetworkInterfaceSim(sim)`` is TTPython's
+    direct hand-off; pass ``network=`` and ``name=`` for modelled links."""
+
+    def __init__(self, sim: Any, network: SimNetwork | None = None,
+                 name: Hashable | None = None,
+                 receiver_function: Callable[[Any], Any] | None = None,
+                 config: EngineConfig | None = None,
+                 failure_function: Callable[[Any, str], Any] | None = None) -> None:
+        self.sim = sim
+        self.network = network
+        self.name = name
+        self.receiver_function = receiver_function
+        self.failure_function = failure_function
+        self.engine: Engine | None = None
+        self._pending: dict[int, tuple[Any, Any, Any]] = {}
+        self._cpu_free = 0.0
+        self._wake_at = float("inf")
+        if network is not None:
+            if name is None:
+                raise ValueError("a simulated interface on a SimNetwork needs a name")
+            seed = network.seed ^ zlib.crc32(str(name).encode())
+            self.engine = Engine(config, random.Random(seed))
+            network.attach(name, self)
+
+    # ------------------------------------------------------------ public API
+    def send(self, message: TTNetworkMessageSim, after: Callable[[], Any] | None = None,
+             ensure: bool = False, on_failure: Callable[[Any, str], Any] | None = None,
+             deadline_s: float | None = None) -> int | None:
+        if self.engine is None:
+            self.sim.process(self._hand_off(message, after))
+            return None
+        recipient = message.recipient
+        dst = getattr(recipient, "name", recipient)
+        payload = message.payload
+        if not isinstance(payload, (bytes, bytearray)):
+            payload = codec.dumps(payload)
+        h = self.engine.send_message(dst, payload, self.sim.now, ensure, deadline_s)
+        self._pending[h] = (message, after, on_failure)
+        self._pump()
+        return h
+
+    def listen(self) -> None:
+        return None
+
+    def cleanup(self) -> None:
+        if self.engine is not None:
+            self.engine.cancel_all("interface closed")
+            self._dispatch()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return dict(self.engine.counters) if self.engine else {}
+
+    # -------------------------------------------------------------- internals
+    def _hand_off(self, message: TTNetworkMessageSim, after: Callable | None):
+        yield self.sim.timeout(0)
+        message.recipient.receive_network_message(message.payload)
+        if after is not None:
+            after()
+
+    def _arrive(self, data: bytes, src: Hashable, at: float) -> None:
+        """Schedule a datagram's arrival; the host CPU serialises handling."""
+        ev = self.sim.timeout(max(0.0, at - self.sim.now))
+        ev.callbacks.append(lambda _e: self._on_datagram(data, src))
+
+    def _on_datagram(self, data: bytes, src: Hashable) -> None:
+        cost = self.network.host_cost_s
+        if cost:
+            now = self.sim.now
+            done = max(now, self._cpu_free) + cost
+            self._cpu_free = done
+            if done > now:
+                ev = self.sim.timeout(done - now)
+                ev.callbacks.append(lambda _e: self._process(data, src))
+                return
+        self._process(data, src)
+
+    def _process(self, data: bytes, src: Hashable) -> None:
+        self.engine.datagram_received(data, src, self.sim.now)
+        self._pump()
+
+    def _pump(self) -> None:
+        engine, sim, net = self.engine, self.sim, self.network
+        now = sim.now
+        engine.handle_timers(now)
+        cost = net.host_cost_s
+        for data, dst in engine.datagrams_to_send(now):
+            if cost:
+                self._cpu_free = max(now, self._cpu_free) + cost
+                net.transmit(self.name, dst, data, self._cpu_free)
+            else:
+                net.transmit(self.name, dst, data, now)
+        self._dispatch()
+        nt = engine.next_timer()
+        if nt is not None and nt < self._wake_at:
+            self._wake_at = nt
+            ev = sim.timeout(max(0.0, nt - now))
+            ev.callbacks.append(lambda _e, when=nt: self._on_timer(when))
+
+    def _on_timer(self, when: float) -> None:
+        if when == self._wake_at:
+            self._wake_at = float("inf")
+        self._pump()
+
+    def _dispatch(self) -> None:
+        for ev in self.engine.pop_events():
+            if isinstance(ev, Delivered):
+                self._deliver(ev)
+            elif isinstance(ev, SendCompleted):
+                _, after, _ = self._pending.pop(ev.handle)
+                if after is not None:
+                    after()
+            elif isinstance(ev, SendFailed):
+                message, _, on_failure = self._pending.pop(ev.handle)
+                fn = on_failure or self.failure_function
+                if fn is not None:
+                    fn(message, ev.reason)
+
+    def _deliver(self, ev: Delivered) -> None:
+        msg = TTReceivedMessage(ev.payload, ev.address)
+        if self.receiver_function is not None:
+            self.receiver_function(msg)
+            return
+        ensemble = getattr(self, "ensemble", None)
+        if ensemble is not None:
+            ensemble.receive_network_message(msg.decode())
