@@ -1,0 +1,297 @@
+"""``python -m testbed``: list | run | up | down | status | simulate | compare |
+calibrate | all.
+
+Owns the user's view of the testbed: progress on long steps, the summary
+table after a run, the comparison table at the end. Everything it does is a
+call into run / simulate / compare; it holds no experiment logic.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from testbed.topology import TopologyError, find_topology, list_topologies, load_topology
+
+DEFAULT_TOPOLOGIES = ("pair", "star", "edge-cloud", "lossy", "mesh-20")
+TOPO_DIR = Path(__file__).resolve().parent.parent / "topologies"
+
+
+def _console():
+    try:
+        from rich.console import Console
+        return Console(highlight=False)
+    except ImportError:  # pragma: no cover - rich is in the testbed extras
+        return None
+
+
+_con = _console()
+
+
+def say(msg: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    if _con is not None:
+        _con.print(f"[dim]{stamp}[/dim] {msg}", markup=True)
+    else:
+        print(f"{stamp} {msg}", flush=True)
+
+
+def _load(name: str):
+    return load_topology(find_topology(name, TOPO_DIR))
+
+
+def compare_run(run_dir: Path, simulate_if_missing: bool = True) -> tuple[list, list[str], Path]:
+    """Simulate (into run_dir/sim) if needed, compare, plot, write report.md."""
+    from testbed.compare import (compare, delay_floor_violations, fidelity_check,
+                                 format_table, plot_cdfs, write_report)
+    from testbed.simulate import run_simulation
+    from testbed.stats import load_events
+
+    topo = load_topology(run_dir / "topology.yaml")
+    sim_dir = run_dir / "sim"
+    if not (sim_dir / "events-sim.jsonl").exists():
+        if not simulate_if_missing:
+            raise FileNotFoundError(f"{sim_dir} has no simulation; run `python -m testbed simulate`")
+        run_simulation(topo, out_dir=sim_dir)
+    emu, sim = load_events(run_dir), load_events(sim_dir)
+    rows = compare(emu, sim)
+    sim_meta = json.loads((sim_dir / "meta.json").read_text())
+    emu_meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
+    floor = delay_floor_violations(topo, emu)
+    min_delay = min((topo.link(a, b).delay_s for a in topo.ensembles for b in topo.ensembles
+                     if a != b), default=0.0)
+    notes = [f"emulated on {emu_meta.get('backend', '?')} with impairments via "
+             f"{emu_meta.get('impairment_engine', '?')}; simulated with host cost "
+             f"{sim_meta['host_cost_s'] * 1e6:.1f} us/datagram ({sim_meta['host_cost']['source']}), "
+             f"{sim_meta.get('speedup_span')}x faster than real time"]
+    notes += floor
+    problems = fidelity_check(rows, not floor) if min_delay >= 0.005 else []
+    if min_delay < 0.005:
+        notes.append(f"links under 5 ms ({min_delay * 1000:g} ms): outside the fidelity target")
+    notes += [f"fidelity: {p}" for p in problems] or (
+        ["fidelity: within p50 +/-5% and p95 +/-10% for every flow"] if min_delay >= 0.005 else [])
+    plots = plot_cdfs(rows, run_dir, title=topo.name)
+    report = write_report(run_dir, rows, plots, notes, title=f"{topo.name}: emulated vs simulated")
+    return rows, problems, report
+
+
+def cmd_list(args) -> int:
+    for name in list_topologies(TOPO_DIR):
+        topo = _load(name)
+        print(f"{name:12s} {len(topo.ensembles):3d} ensembles {len(topo.flows):3d} flows  "
+              f"{topo.description[:60] if hasattr(topo, 'description') else ''}")
+    root = Path(args.results)
+    if root.exists():
+        runs = sorted(p for p in root.glob("*/*") if (p / "meta.json").exists())
+        if runs:
+            print("\nruns:")
+            for r in runs[-20:]:
+                print(f"  {r}")
+    return 0
+
+
+def _summarise(run_dir: Path) -> None:
+    from testbed.stats import flow_stats, load_events, summary_table
+    print(summary_table(flow_stats(load_events(run_dir))))
+
+
+def cmd_run(args) -> int:
+    from testbed.run import run_emulation
+    code = 0
+    for name in args.topology:
+        topo = _load(name)
+        res = run_emulation(topo, args.backend, Path(args.results), progress=say)
+        say(f"[{name}] results in {res.run_dir}")
+        _summarise(res.run_dir)
+        if not res.ok:
+            say(f"[{name}] agents exited with {res.meta.get('exit_codes')}; see {res.run_dir}/logs")
+            code = 1
+        if not args.no_compare:
+            rows, problems, report = compare_run(res.run_dir)
+            from testbed.compare import format_table
+            print(format_table(rows))
+            say(f"[{name}] report: {report}")
+    return code
+
+
+def cmd_up(args) -> int:
+    """Bring a topology's hosts and links up and hold them until Ctrl-C."""
+    from testbed.backends import make_backend
+    from testbed.impair import Impairments
+    from testbed.run import new_run_id
+
+    topo = _load(args.topology)
+    run_id = new_run_id()
+    run_dir = Path(args.results) / topo.name / (run_id + "-up")
+    run_dir.mkdir(parents=True)
+    backend = make_backend(args.backend)
+    impair = Impairments(run_id[-4:], seed=topo.seed)
+
+    def links(hosts):
+        for h in hosts.values():
+            impair.apply(h.netns_path, h.ifname,
+                         {o.ip: topo.link(h.name, o.name) for o in hosts.values() if o is not h})
+    try:
+        t0 = time.monotonic()
+        hosts = backend.up(topo, run_dir, lambda h: ["python3", "-c",
+                                                     "import time; time.sleep(86400)"],
+                           before_start=links)
+        say(f"up in {time.monotonic() - t0:.1f}s on {backend.name}, impairments via {impair.engine}")
+        for n, h in hosts.items():
+            print(f"  {n:10s} {h.ip:15s} netns {h.netns_path}")
+        say("holding; Ctrl-C (or `python -m testbed down --all` elsewhere) tears down")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM}) if args.hold else None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        impair.close()
+        t1 = time.monotonic()
+        backend.down()
+        say(f"down in {time.monotonic() - t1:.1f}s")
+    return 0
+
+
+def cmd_down(args) -> int:
+    from testbed.backends import cleanup_stale
+    from testbed.impair import cleanup_stale as impair_stale
+    removed = list(impair_stale()) + list(cleanup_stale())
+    for r in removed:
+        print(f"removed {r}")
+    say(f"removed {len(removed)} leftover resource(s)")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from testbed.backends import stale_resources
+    left = stale_resources()
+    for r in left:
+        print(r)
+    say(f"{len(left)} ttnet resource(s) present")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from testbed.simulate import run_simulation
+    for name in args.topology:
+        topo = _load(name)
+        out = run_simulation(topo, results_root=Path(args.results),
+                             host_cost_s=args.host_cost, seed=args.seed)
+        meta = json.loads((out / "meta.json").read_text())
+        say(f"[{name}] simulated {meta['simulated_s']:.1f}s in {meta['wall_s']:.2f}s "
+            f"({meta['speedup_span']}x real time) -> {out}")
+        _summarise(out)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from testbed.compare import format_table
+    code = 0
+    for run in args.run:
+        rows, problems, report = compare_run(Path(run))
+        print(format_table(rows))
+        for p in problems:
+            say(f"fidelity: {p}")
+        say(f"report: {report}")
+        code |= bool(problems and args.strict)
+    return code
+
+
+def cmd_calibrate(args) -> int:
+    from testbed.calibrate import calibrate
+    info = calibrate(args.backend, Path(args.results), progress=say)
+    say(f"host cost {info['host_cost_s'] * 1e6:.1f} us/datagram (emulated median "
+        f"{info['measured_median_s'] * 1000:.2f} ms) -> {Path(args.results) / 'calibration.json'}")
+    return 0
+
+
+def cmd_all(args) -> int:
+    """What `make testbed` runs: calibrate, every default topology, compare,
+    the end-to-end suite, and the final tables."""
+    import subprocess
+    from testbed.compare import format_table
+    from testbed.run import run_emulation
+    t0 = time.monotonic()
+    results = Path(args.results)
+    if not (results / "calibration.json").exists() or args.recalibrate:
+        say("calibrating the simulator's host cost")
+        cmd_calibrate(args)
+    summaries = []
+    for name in args.topology or DEFAULT_TOPOLOGIES:
+        topo = _load(name)
+        res = run_emulation(topo, args.backend, results, progress=say)
+        _summarise(res.run_dir)
+        rows, problems, report = compare_run(res.run_dir)
+        summaries.append((name, res, rows, problems, report))
+    if not args.skip_e2e:
+        say("end-to-end suite (tests/e2e)")
+        rc = subprocess.call([sys.executable, "-m", "pytest", "tests/e2e", "-q"])
+        say(f"end-to-end suite exit code {rc}")
+    else:
+        rc = 0
+    print()
+    for name, res, rows, problems, report in summaries:
+        m = res.meta
+        say(f"== {name}: backend {m.get('backend')}, impairments {m.get('impairment_engine')}, "
+            f"up {m.get('up_s')}s, down {m.get('down_s')}s; report {report}")
+        print(format_table(rows))
+        for p in problems:
+            print(f"  fidelity: {p}")
+    say(f"testbed finished in {time.monotonic() - t0:.0f}s")
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m testbed", description=__doc__)
+    ap.add_argument("--results", default="results", help="results root (default: results)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("list", help="topologies and past runs")
+    p.set_defaults(fn=cmd_list)
+    p = sub.add_parser("run", help="emulate topologies, summarise, compare with simulation")
+    p.add_argument("topology", nargs="+")
+    p.add_argument("--backend", choices=["docker", "netns"], default=None)
+    p.add_argument("--no-compare", action="store_true")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("up", help="bring hosts and links up; hold until Ctrl-C")
+    p.add_argument("topology")
+    p.add_argument("--backend", choices=["docker", "netns"], default=None)
+    p.add_argument("--no-hold", dest="hold", action="store_false")
+    p.set_defaults(fn=cmd_up)
+    p = sub.add_parser("down", help="remove every leftover ttnet container/network/netns/rule")
+    p.add_argument("--all", action="store_true", help="(default) all ttnet runs")
+    p.set_defaults(fn=cmd_down)
+    p = sub.add_parser("status", help="list ttnet resources present on this host")
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("simulate", help="run topologies in simpy")
+    p.add_argument("topology", nargs="+")
+    p.add_argument("--host-cost", type=float, default=None, help="seconds per datagram")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(fn=cmd_simulate)
+    p = sub.add_parser("compare", help="emulated vs simulated for a run directory")
+    p.add_argument("run", nargs="+")
+    p.add_argument("--strict", action="store_true", help="exit 1 if fidelity fails")
+    p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("calibrate", help="measure the per-datagram host cost")
+    p.add_argument("--backend", choices=["docker", "netns"], default=None)
+    p.set_defaults(fn=cmd_calibrate)
+    p = sub.add_parser("all", help="what `make testbed` does")
+    p.add_argument("topology", nargs="*")
+    p.add_argument("--backend", choices=["docker", "netns"], default=None)
+    p.add_argument("--skip-e2e", action="store_true")
+    p.add_argument("--recalibrate", action="store_true")
+    p.set_defaults(fn=cmd_all)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.fn(args)
+    except TopologyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; everything this run created was removed", file=sys.stderr)
+        return 130

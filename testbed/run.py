@@ -1,0 +1,178 @@
+"""One emulated run of a topology: hosts -> impairments -> agents -> results.
+
+Owns the order of a run and its results directory
+``results/<topology>/<run-id>/``: ``topology.yaml`` (the validated model),
+``plan.json`` and ``go.json`` (what agents read), ``events-*.jsonl`` (what
+agents wrote), ``meta.json`` (backend, impairment engine, versions, kernel,
+timings, agent exit codes and counters) and ``logs/``.
+
+Must never: leave a container, network, namespace, iptables rule or
+process behind -- on success, failure or Ctrl-C, ``down`` runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from testbed.model import Topology
+from testbed.topology import topology_to_yaml
+
+log = logging.getLogger(__name__)
+
+AGENT_PORT = 8225            # TTPython's default receive port
+#: Agents must be bound and waiting within this long after their hosts start.
+READY_TIMEOUT_S = 60.0
+#: Head start between the go signal and the first send, so every agent has
+#: read go.json before traffic starts.
+START_DELAY_S = 0.5
+#: Extra time past the topology's last deadline before agents give up.
+END_GRACE_S = 5.0
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(code == 0 for code in self.meta.get("exit_codes", {}).values())
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+
+
+def flows_plan(topology: Topology) -> list[dict]:
+    return [dict(name=f.name, src=f.src, dst=f.dst, sizes=list(f.sizes), count=f.count,
+                 interval_s=f.interval_s, ensure=f.ensure, deadline_s=f.deadline_s,
+                 start_s=f.start_s) for f in topology.flows]
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "kernel": platform.release(),
+           "machine": platform.machine()}
+    try:
+        import ttnet
+        out["ttnet"] = ttnet.__version__
+    except Exception:  # pragma: no cover
+        pass
+    for mod in ("docker", "pyroute2", "simpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return out
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def run_emulation(topology: Topology, backend_name: str | None = None,
+                  results_root: Path = Path("results"), run_id: str | None = None,
+                  progress: Progress | None = None, engine_overrides: dict | None = None,
+                  impair_engine: str | None = None) -> RunResult:
+    """Run ``topology`` on a backend and return where its results are."""
+    from testbed.backends import make_backend
+    from testbed.impair import Impairments
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    run_id = run_id or new_run_id()
+    run_dir = (results_root / topology.name / run_id).resolve()
+    run_dir.mkdir(parents=True)
+    (run_dir / "logs").mkdir()
+    (run_dir / "topology.yaml").write_text(topology_to_yaml(topology))
+    plan = {"run_id": run_id, "topology": topology.name, "ensembles": list(topology.ensembles),
+            "port": AGENT_PORT, "flows": flows_plan(topology), "auth_key": topology.auth_key,
+            "engine": engine_overrides or {}}
+    _write_json_atomic(run_dir / "plan.json", plan)
+    meta: dict = {"run_id": run_id, "topology": topology.name, "kind": "emulated",
+                  "versions": _versions(), "started": time.time(), "seed": topology.seed}
+
+    backend = make_backend(backend_name)
+    meta["backend"] = backend.name
+    impair = Impairments(f"{run_id[-4:]}", seed=topology.seed, engine=impair_engine)
+    hosts: dict = {}
+
+    def command(host) -> list[str]:
+        return ["python3", "-m", "testbed.agent", "--name", host.name,
+                "--results", host.results_dir]
+
+    def apply_links(hs: dict) -> None:
+        t = time.monotonic()
+        for h in hs.values():
+            egress = {o.ip: topology.link(h.name, o.name) for o in hs.values() if o is not h}
+            impair.apply(h.netns_path, h.ifname, egress)
+        meta["impair_s"] = round(time.monotonic() - t, 3)
+
+    try:
+        say(f"[{topology.name}] up: {len(topology.ensembles)} ensembles on {backend.name}")
+        t0 = time.monotonic()
+        hosts = backend.up(topology, run_dir, command, before_start=apply_links)
+        meta["up_s"] = round(time.monotonic() - t0, 3)
+        meta["impairment_engine"] = impair.engine
+        meta["hosts"] = {n: h.ip for n, h in hosts.items()}
+        say(f"[{topology.name}] up in {meta['up_s']:.1f}s; impairments via {impair.engine}")
+        _await_agents(run_dir, topology, READY_TIMEOUT_S, backend)
+        start_at = time.time() + START_DELAY_S
+        end_at = start_at + topology.expected_duration_s() + END_GRACE_S
+        _write_json_atomic(run_dir / "go.json", {
+            "routes": {n: f"{h.ip}:{AGENT_PORT}" for n, h in hosts.items()},
+            "start_at": start_at, "end_at": end_at})
+        say(f"[{topology.name}] running flows (at most {end_at - time.time():.0f}s)")
+        codes = backend.wait(timeout_s=end_at - time.time() + 15)
+        meta["exit_codes"] = codes
+        meta["run_s"] = round(time.time() - start_at, 3)
+        meta["impair_stats"] = impair.stats()
+    finally:
+        for name in hosts:
+            try:
+                (run_dir / "logs" / f"{name}.log").write_text(backend.logs(name))
+            except Exception:
+                log.debug("no logs for %s", name, exc_info=True)
+        impair.close()
+        t1 = time.monotonic()
+        backend.down()
+        meta["down_s"] = round(time.monotonic() - t1, 3)
+        meta["counters"] = _read_counters(run_dir, topology)
+        meta["finished"] = time.time()
+        _write_json_atomic(run_dir / "meta.json", meta)
+        say(f"[{topology.name}] down in {meta['down_s']:.1f}s")
+    return RunResult(run_dir, meta)
+
+
+def _await_agents(run_dir: Path, topology: Topology, timeout_s: float, backend) -> None:
+    deadline = time.monotonic() + timeout_s
+    want = [run_dir / f"ready-{e}" for e in topology.ensembles]
+    while time.monotonic() < deadline:
+        if all(p.exists() for p in want):
+            return
+        time.sleep(0.05)
+    missing = [p.name[6:] for p in want if not p.exists()]
+    logs = {m: backend.logs(m)[-2000:] for m in missing[:3]}
+    raise RuntimeError(f"agents never became ready: {missing}; last log lines: {logs}")
+
+
+def _read_counters(run_dir: Path, topology: Topology) -> dict:
+    out = {}
+    for e in topology.ensembles:
+        p = run_dir / f"counters-{e}.json"
+        if p.exists():
+            try:
+                out[e] = json.loads(p.read_text())
+            except ValueError:
+                out[e] = {"unreadable": 1}
+    return out
