@@ -134,7 +134,8 @@ def cmd_up(args) -> int:
     def links(hosts):
         for h in hosts.values():
             impair.apply(h.netns_path, h.ifname,
-                         {o.ip: topo.link(h.name, o.name) for o in hosts.values() if o is not h})
+                         {o.ip: topo.link(h.name, o.name) for o in hosts.values() if o is not h},
+                         label=h.name)
     try:
         t0 = time.monotonic()
         hosts = backend.up(topo, run_dir, lambda h: ["python3", "-c",
@@ -157,8 +158,9 @@ def cmd_up(args) -> int:
 
 def cmd_down(args) -> int:
     from testbed.backends import cleanup_stale
-    from testbed.impair import cleanup_stale as impair_stale
-    removed = list(impair_stale()) + list(cleanup_stale())
+    # Rules and qdiscs live inside the hosts' namespaces and go with them;
+    # an NFQUEUE daemon exits when its parent run is gone.
+    removed = list(cleanup_stale())
     for r in removed:
         print(f"removed {r}")
     say(f"removed {len(removed)} leftover resource(s)")

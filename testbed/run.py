@@ -84,8 +84,12 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 def run_emulation(topology: Topology, backend_name: str | None = None,
                   results_root: Path = Path("results"), run_id: str | None = None,
                   progress: Progress | None = None, engine_overrides: dict | None = None,
-                  impair_engine: str | None = None) -> RunResult:
-    """Run ``topology`` on a backend and return where its results are."""
+                  impair_engine: str | None = None,
+                  extra_setup: Callable[[dict], None] | None = None) -> RunResult:
+    """Run ``topology`` on a backend and return where its results are.
+
+    ``extra_setup(hosts)`` runs after the impairments and before any agent
+    starts; whatever it adds inside a host's namespace dies with the host."""
     from testbed.backends import make_backend
     from testbed.impair import Impairments
 
@@ -104,7 +108,8 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
 
     backend = make_backend(backend_name)
     meta["backend"] = backend.name
-    impair = Impairments(f"{run_id[-4:]}", seed=topology.seed, engine=impair_engine)
+    impair = Impairments(f"{run_id[-4:]}", seed=topology.seed, engine=impair_engine,
+                         log_dir=run_dir / "logs")
     hosts: dict = {}
 
     def command(host) -> list[str]:
@@ -115,7 +120,9 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
         t = time.monotonic()
         for h in hs.values():
             egress = {o.ip: topology.link(h.name, o.name) for o in hs.values() if o is not h}
-            impair.apply(h.netns_path, h.ifname, egress)
+            impair.apply(h.netns_path, h.ifname, egress, label=h.name)
+        if extra_setup is not None:
+            extra_setup(hs)      # e.g. a test's extra iptables rules in a host
         meta["impair_s"] = round(time.monotonic() - t, 3)
 
     try:
