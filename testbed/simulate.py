@@ -94,11 +94,22 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
     return events, counters
 
 
+#: Independent simulated replications pooled into one baseline. One
+#: emulated run is one sample of a random process (which packets are lost);
+#: pooling replications makes the simulated distribution the model's own,
+#: not one more noisy sample of it.
+REPLICATIONS = 10
+#: Replication r's message k is logged as msg r * MSG_STRIDE + k.
+MSG_STRIDE = 1_000_000
+
+
 def run_simulation(topology: Topology, out_dir: Path | None = None,
                    results_root: Path = Path("results"), host_cost_s: float | None = None,
-                   seed: int | None = None, engine_overrides: dict | None = None) -> Path:
+                   seed: int | None = None, engine_overrides: dict | None = None,
+                   replications: int = REPLICATIONS) -> Path:
     """Simulate and write ``events-sim.jsonl``, ``topology.yaml`` and
-    ``meta.json`` into ``out_dir`` (default: a new run directory)."""
+    ``meta.json`` into ``out_dir`` (default: a new run directory).
+    Replication r uses seed ``seed + r``; all are pooled in the events."""
     from testbed.calibrate import load_host_cost
 
     cost_info = {"source": "argument"} if host_cost_s is not None else load_host_cost()
@@ -107,17 +118,26 @@ def run_simulation(topology: Topology, out_dir: Path | None = None,
     if out_dir is None:
         out_dir = results_root / topology.name / (new_run_id() + "-sim")
     out_dir.mkdir(parents=True, exist_ok=True)
+    base_seed = topology.seed if seed is None else seed
     t0 = time.perf_counter()
-    events, counters = simulate_events(topology, host_cost_s, seed, engine_overrides)
+    events, counters, last_event = [], {}, 0.0
+    for r in range(replications):
+        evs, counters[f"replication-{r}"] = simulate_events(topology, host_cost_s, base_seed + r,
+                                                            engine_overrides)
+        last_event += max((e["t"] for e in evs), default=0.0)
+        for e in evs:
+            if "msg" in e:
+                e["msg"] += r * MSG_STRIDE
+            e["replication"] = r
+        events += evs
     wall = time.perf_counter() - t0
-    sim_span = topology.expected_duration_s() + 5.0
-    last_event = max((e["t"] for e in events), default=0.0)
+    sim_span = (topology.expected_duration_s() + 5.0) * replications
     with open(out_dir / "events-sim.jsonl", "w") as f:
         for e in events:
             f.write(json.dumps(e, separators=(",", ":")) + "\n")
     (out_dir / "topology.yaml").write_text(topology_to_yaml(topology))
     meta = {"kind": "simulated", "topology": topology.name, "backend": "sim",
-            "seed": topology.seed if seed is None else seed, "host_cost_s": host_cost_s,
+            "seed": base_seed, "replications": replications, "host_cost_s": host_cost_s,
             "host_cost": cost_info, "wall_s": round(wall, 3),
             "simulated_s": round(last_event, 3),
             "speedup": round(last_event / wall, 1) if wall > 0 else None,

@@ -76,6 +76,12 @@ class EngineConfig:
     completed_ttl_s: float = 120.0
     completed_max: int = 1 << 16
     initial_cwnd: int = 32
+    #: The congestion window never shrinks below this. Loss on the links
+    #: ttnet runs over is mostly random, not congestion; collapsing the
+    #: window to a few packets turned each loss into several extra round
+    #: trips for every later message. 32 x 1217 B = 39 KB in flight is far
+    #: below any socket buffer, so it cannot overrun a receiver either.
+    min_cwnd: int = 32
     #: Packets sent after a missing one, once acknowledged, mark it lost.
     dup_thresh: int = 3
     #: A repeated REQ arriving this soon after our ACK_START is a network
@@ -342,7 +348,8 @@ class Engine:
             cfg = self.config
             peer = _Peer(address,
                          RttEstimator(cfg.initial_rto_s, cfg.min_rto_s, cfg.max_rto_s),
-                         CongestionWindow(initial=cfg.initial_cwnd, maximum=cfg.window_size))
+                         CongestionWindow(initial=cfg.initial_cwnd, maximum=cfg.window_size,
+                                          minimum=min(cfg.min_cwnd, cfg.window_size)))
             self._peers[address] = peer
         return peer
 

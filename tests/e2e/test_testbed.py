@@ -1,0 +1,148 @@
+"""End to end on the testbed: real containers (and netns), real impairments,
+the agent, the event log. Delivery, fragmentation, handshakes, cleanup."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from testbed.model import Flow, LinkSpec, Topology
+from testbed.run import run_emulation
+from testbed.stats import flow_stats, load_events
+
+pytestmark = [pytest.mark.e2e]
+
+
+def _topo(name, link, flows, seed=3):
+    return Topology(name=name, ensembles=("a", "b"), default_link=link, flows=tuple(flows),
+                    seed=seed)
+
+
+def _run(tmp_path, topo, backend="docker", **kw):
+    res = run_emulation(topo, backend, results_root=tmp_path, **kw)
+    assert res.ok, f"agents failed: {res.meta.get('exit_codes')}; logs in {res.run_dir}/logs"
+    return res, flow_stats(load_events(res.run_dir))
+
+
+def _assert_exactly_once(fs):
+    assert fs.sent > 0
+    assert fs.delivered == fs.sent, f"{fs.flow}: {fs.delivered}/{fs.sent} delivered"
+    assert fs.duplicates == 0 and fs.corrupted == 0
+    assert fs.failed == 0 and fs.completed == fs.sent
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("loss", [0.0, 0.05, 0.20])
+def test_ensure_messages_arrive_exactly_once_intact_under_loss(tmp_path, loss):
+    flow = Flow("bulk", "a", "b", sizes=(100, 5000, 30000, 200_000), count=24,
+                interval_s=0.05, ensure=True, deadline_s=30)
+    back = Flow("back", "b", "a", sizes=(700,), count=24, interval_s=0.05, ensure=True,
+                deadline_s=30)
+    res, stats = _run(tmp_path, _topo(f"loss{int(loss * 100)}", LinkSpec(delay_s=0.005, loss=loss),
+                                      [flow, back]))
+    _assert_exactly_once(stats["bulk"])
+    _assert_exactly_once(stats["back"])
+    if loss >= 0.05:
+        c = res.meta["counters"]["a"]
+        assert c["data_retransmitted"] > 0 and res.meta["impair_stats"]
+
+
+@pytest.mark.timeout(240)
+def test_netns_backend_delivers_exactly_once_under_loss(tmp_path):
+    flow = Flow("bulk", "a", "b", sizes=(100, 5000, 60000), count=30, interval_s=0.03,
+                ensure=True, deadline_s=30)
+    res, stats = _run(tmp_path, _topo("netns-loss", LinkSpec(delay_s=0.005, loss=0.2), [flow]),
+                      backend="netns")
+    assert res.meta["backend"] == "netns"
+    _assert_exactly_once(stats["bulk"])
+
+
+@pytest.mark.timeout(240)
+def test_fragmentation_sizes_including_sequence_wrap(tmp_path):
+    sizes = (0, 1, 1199, 1200, 1201, 64 * 1024, 3_000_000)      # 3 MB: 2500 packets > 2001
+    flow = Flow("frag", "a", "b", sizes=sizes, count=len(sizes) * 2, interval_s=0.1,
+                ensure=True, deadline_s=60)
+    res, stats = _run(tmp_path, _topo("frag", LinkSpec(delay_s=0.002), [flow]))
+    _assert_exactly_once(stats["frag"])
+    events = load_events(res.run_dir)
+    got = sorted(e["size"] for e in events if e["event"] == "deliver")
+    assert got == sorted(sizes * 2)
+    assert all(e["intact"] for e in events if e["event"] == "deliver")
+
+
+def _iptables_in(host, *rule):
+    subprocess.run(["nsenter", f"--net={host.netns_path}", "iptables", *rule], check=True)
+
+
+# REQ is the only 19-byte datagram (IP length 47); ACKs are 17 bytes (45).
+# `-m statistic --mode nth --every 2 --packet 0` drops the 1st, 3rd, ... match.
+def _drop_every_other(host, ip_len):
+    _iptables_in(host, "-A", "OUTPUT", "-p", "udp", "-m", "length", "--length", str(ip_len),
+                 "-m", "statistic", "--mode", "nth", "--every", "2", "--packet", "0",
+                 "-j", "DROP")
+
+
+@pytest.mark.timeout(240)
+def test_dropped_req_ensure_delivers_best_effort_fails_as_documented(tmp_path):
+    sure = Flow("sure", "a", "b", sizes=(500,), count=10, interval_s=0.2, ensure=True, deadline_s=10)
+    best = Flow("best", "a", "b", sizes=(500,), count=10, interval_s=0.2, ensure=False,
+                deadline_s=2, start_s=0.1)
+    res, stats = _run(tmp_path, _topo("noreq", LinkSpec(delay_s=0.005), [sure, best]),
+                      extra_setup=lambda hosts: _drop_every_other(hosts["a"], 47))
+    _assert_exactly_once(stats["sure"])
+    # Best effort sends REQ once: the messages whose REQ was dropped are not
+    # delivered and are reported failed ("no ACK_START"); the rest arrive.
+    b = stats["best"]
+    assert 0 < b.delivered < b.sent and b.failed == b.sent - b.delivered and b.duplicates == 0
+    reasons = {e.get("reason", "") for e in load_events(res.run_dir) if e["event"] == "fail"}
+    assert all("no ACK_START" in r for r in reasons)
+
+
+@pytest.mark.timeout(240)
+def test_dropped_ack_start_still_delivers_with_ensure(tmp_path):
+    sure = Flow("sure", "a", "b", sizes=(500, 3000), count=10, interval_s=0.2, ensure=True,
+                deadline_s=10)
+    res, stats = _run(tmp_path, _topo("noackstart", LinkSpec(delay_s=0.005), [sure]),
+                      extra_setup=lambda hosts: _drop_every_other(hosts["b"], 45))
+    _assert_exactly_once(stats["sure"])
+    assert res.meta["counters"]["b"]["req_received"] > 10       # REQs were repeated
+
+
+def _leftovers():
+    out = []
+    ps = subprocess.run(["docker", "ps", "-a", "--filter", "label=ttnet.run", "-q"],
+                        capture_output=True, text=True).stdout.split()
+    out += [f"container {c}" for c in ps]
+    nets = subprocess.run(["docker", "network", "ls", "--filter", "label=ttnet.run", "-q"],
+                          capture_output=True, text=True).stdout.split()
+    out += [f"network {n}" for n in nets]
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out += [f"netns {line}" for line in ns.splitlines() if line.startswith("ttnet")]
+    rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
+    out += [f"rule {r}" for r in rules.splitlines() if "ttnet" in r]
+    procs = subprocess.run(["pgrep", "-af", "testbed.impair|testbed.agent"],
+                           capture_output=True, text=True).stdout
+    out += [f"process {p}" for p in procs.splitlines() if "pgrep" not in p]
+    return out
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("backend", ["docker", "netns"])
+def test_run_leaves_nothing_behind(tmp_path, backend):
+    flow = Flow("t", "a", "b", sizes=(64,), count=5, interval_s=0.05, ensure=True, deadline_s=5)
+    assert _leftovers() == []
+    _run(tmp_path, _topo("clean", LinkSpec(delay_s=0.01, loss=0.1), [flow]), backend=backend)
+    assert _leftovers() == []
+
+
+@pytest.mark.timeout(240)
+def test_failed_run_leaves_nothing_behind(tmp_path):
+    flow = Flow("t", "a", "b", sizes=(64,), count=5, interval_s=0.05, ensure=True, deadline_s=5)
+
+    def boom(hosts):
+        raise RuntimeError("injected failure after hosts and impairments were up")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        run_emulation(_topo("boom", LinkSpec(delay_s=0.01), [flow]), "docker",
+                      results_root=tmp_path, extra_setup=boom)
+    assert _leftovers() == []
