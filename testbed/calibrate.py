@@ -5,11 +5,15 @@ the link model -- ttnet's Python engine and socket calls on each side plus,
 on kernels without netem, the NFQUEUE verdict daemon -- and storing it in
 ``results/calibration.json`` for :mod:`testbed.simulate`.
 
-Method: emulate a two-ensemble topology whose link has a known, small
-delay, send ``ensure=True`` messages of one size back to back, and take the
-median one-way latency. Then search the host cost for which the simulator,
-running the same topology, gives the same median (latency grows
-monotonically with the cost, so bisection converges). Recalibrate with
+Two parameters: ``host_cost_s``, CPU time per datagram on each host
+(serialised: it limits bulk transfers), and ``hop_latency_s``, a fixed
+extra latency per datagram that occupies no CPU (thread wake-ups, the
+NFQUEUE pass). Method: emulate a two-ensemble topology whose link has a
+known small delay, with a bulk flow (120 KB messages) and a small-message
+flow (64 B); take each flow's median one-way latency; then fit the hop
+latency to the small flow (linear: three hops per message) and the host
+cost to the bulk flow (bisection: latency grows monotonically with it),
+iterating a few times. Recalibrate with
 ``python -m testbed calibrate`` after changing the machine, the kernel or
 ttnet's engine.
 
@@ -35,42 +39,55 @@ DEFAULT_HOST_COST_S = 40e-6
 
 
 def calibration_topology(size: int = 120_000, count: int = 25, delay_s: float = 0.005) -> Topology:
+    """Two ensembles, one impaired (so the NFQUEUE path is exercised) but
+    lossless link: a bulk flow (fits the per-datagram CPU cost) and a
+    small-message flow (fits the fixed per-hop latency)."""
     link = LinkSpec(delay_s=delay_s)
-    flow = Flow(name="bulk", src="c0", dst="c1", sizes=(size,), count=count,
+    bulk = Flow(name="bulk", src="c0", dst="c1", sizes=(size,), count=count,
                 interval_s=0.25, ensure=True, deadline_s=10.0)
+    small = Flow(name="small", src="c1", dst="c0", sizes=(64,), count=60,
+                 interval_s=0.1, ensure=True, deadline_s=10.0, start_s=0.05)
     return Topology(name="calibration", ensembles=("c0", "c1"), default_link=link,
-                    flows=(flow,), seed=7)
+                    flows=(bulk, small), seed=7)
 
 
-def _median_latency(events: list[dict]) -> float:
+def _median_latency(events: list[dict], flow: str) -> float:
     sends = {(e["flow"], e["msg"]): e["t"] for e in events if e["event"] == "send"}
     lat = [e["t"] - sends[(e["flow"], e["msg"])] for e in events
-           if e["event"] == "deliver" and (e["flow"], e["msg"]) in sends]
+           if e["event"] == "deliver" and e.get("flow") == flow
+           and (e["flow"], e["msg"]) in sends]
     if not lat:
-        raise RuntimeError("calibration run delivered nothing; check the testbed with "
-                           "`python -m testbed run pair`")
+        raise RuntimeError(f"calibration flow {flow!r} delivered nothing; check the testbed "
+                           "with `python -m testbed run pair`")
     return statistics.median(lat)
 
 
-def fit_host_cost(topology: Topology, target_s: float, lo: float = 0.0, hi: float = 1e-3,
-                  steps: int = 18) -> float:
-    """Host cost for which the simulated median latency equals target_s."""
+def _sim_median(topology: Topology, flow: str, cost: float, hop: float) -> float:
     from testbed.simulate import simulate_events
+    return _median_latency(simulate_events(topology, cost, hop_latency_s=hop)[0], flow)
 
-    def median_at(c: float) -> float:
-        return _median_latency(simulate_events(topology, host_cost_s=c)[0])
 
-    if median_at(lo) >= target_s:
+def fit_host_cost(topology: Topology, target_s: float, hop: float = 0.0, lo: float = 0.0,
+                  hi: float = 1e-3, steps: int = 18) -> float:
+    """Per-datagram CPU cost for which the simulated bulk median equals
+    target_s (latency grows monotonically with the cost: bisection)."""
+    if _sim_median(topology, "bulk", lo, hop) >= target_s:
         return lo
-    while median_at(hi) < target_s and hi < 0.05:
+    while _sim_median(topology, "bulk", hi, hop) < target_s and hi < 0.05:
         hi *= 2
     for _ in range(steps):
         mid = (lo + hi) / 2
-        if median_at(mid) < target_s:
+        if _sim_median(topology, "bulk", mid, hop) < target_s:
             lo = mid
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+def fit_hop_latency(topology: Topology, target_s: float, cost: float) -> float:
+    """A small message crosses three datagram hops (REQ, ACK_START, DATA),
+    so its latency is linear in the hop latency: solve directly."""
+    return max(0.0, (target_s - _sim_median(topology, "small", cost, 0.0)) / 3)
 
 
 def calibrate(backend: str | None = None, results_root: Path = Path("results"),
@@ -81,10 +98,14 @@ def calibrate(backend: str | None = None, results_root: Path = Path("results"),
     topo = calibration_topology()
     res = run_emulation(topo, backend, results_root=results_root, progress=progress)
     events = load_events(res.run_dir)
-    emu = _median_latency(events)
-    cost = fit_host_cost(topo, emu)
-    info = {"host_cost_s": cost, "source": "calibrated", "measured_median_s": emu,
-            "message_size": topo.flows[0].sizes[0], "link_delay_s": topo.default_link.delay_s,
+    emu_bulk, emu_small = _median_latency(events, "bulk"), _median_latency(events, "small")
+    cost, hop = 0.0, 0.0
+    for _ in range(3):          # the two parameters interact a little; iterate
+        hop = fit_hop_latency(topo, emu_small, cost)
+        cost = fit_host_cost(topo, emu_bulk, hop)
+    info = {"host_cost_s": cost, "hop_latency_s": hop, "source": "calibrated",
+            "measured_bulk_median_s": emu_bulk, "measured_small_median_s": emu_small,
+            "bulk_size": topo.flows[0].sizes[0], "link_delay_s": topo.default_link.delay_s,
             "backend": res.meta.get("backend"), "impairment_engine": res.meta.get("impairment_engine"),
             "run_dir": str(res.run_dir), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = results_root / CALIBRATION_FILE.name
@@ -102,4 +123,4 @@ def load_host_cost(results_root: Path = Path("results")) -> dict:
             return info
         except (ValueError, KeyError):
             log.warning("%s is unreadable; using the default host cost", path)
-    return {"host_cost_s": DEFAULT_HOST_COST_S, "source": "default"}
+    return {"host_cost_s": DEFAULT_HOST_COST_S, "hop_latency_s": 0.0, "source": "default"}

@@ -66,7 +66,8 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True) -> tuple[list, 
                      if a != b), default=0.0)
     notes = [f"emulated on {emu_meta.get('backend', '?')} with impairments via "
              f"{emu_meta.get('impairment_engine', '?')}; simulated with host cost "
-             f"{sim_meta['host_cost_s'] * 1e6:.1f} us/datagram ({sim_meta['host_cost']['source']}), "
+             f"{sim_meta['host_cost_s'] * 1e6:.1f} us/datagram + {sim_meta.get('hop_latency_s', 0) * 1e6:.0f} us/hop "
+             f"({sim_meta['host_cost']['source']}), "
              f"{sim_meta.get('speedup_span')}x faster than real time"]
     notes += floor
     problems = fidelity_check(rows, not floor) if min_delay >= 0.005 else []
@@ -205,8 +206,10 @@ def cmd_compare(args) -> int:
 def cmd_calibrate(args) -> int:
     from testbed.calibrate import calibrate
     info = calibrate(args.backend, Path(args.results), progress=say)
-    say(f"host cost {info['host_cost_s'] * 1e6:.1f} us/datagram (emulated median "
-        f"{info['measured_median_s'] * 1000:.2f} ms) -> {Path(args.results) / 'calibration.json'}")
+    say(f"host cost {info['host_cost_s'] * 1e6:.1f} us/datagram, hop latency "
+        f"{info['hop_latency_s'] * 1e6:.0f} us (emulated medians: bulk "
+        f"{info['measured_bulk_median_s'] * 1000:.2f} ms, small "
+        f"{info['measured_small_median_s'] * 1000:.2f} ms) -> {Path(args.results) / 'calibration.json'}")
     return 0
 
 

@@ -36,7 +36,8 @@ def sim_links(topology: Topology):
 
 
 def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | None = None,
-                    engine_overrides: dict | None = None) -> tuple[list[dict], dict]:
+                    engine_overrides: dict | None = None,
+                    hop_latency_s: float = 0.0) -> tuple[list[dict], dict]:
     """Run the flows in simulated time; returns (events, counters per ensemble)."""
     import simpy
 
@@ -46,7 +47,8 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
     env = simpy.Environment()
     default, links = sim_links(topology)
     seed = topology.seed if seed is None else seed
-    net = SimNetwork(env, default, links, seed=seed, host_cost_s=host_cost_s)
+    net = SimNetwork(env, default, links, seed=seed, host_cost_s=host_cost_s,
+                     hop_latency_s=hop_latency_s)
     flows = flows_plan(topology)
     events: list[dict] = []
     ifaces = {}
@@ -112,9 +114,12 @@ def run_simulation(topology: Topology, out_dir: Path | None = None,
     Replication r uses seed ``seed + r``; all are pooled in the events."""
     from testbed.calibrate import load_host_cost
 
-    cost_info = {"source": "argument"} if host_cost_s is not None else load_host_cost()
+    cost_info = load_host_cost()
     if host_cost_s is None:
         host_cost_s = cost_info["host_cost_s"]
+    else:
+        cost_info = {"source": "argument", "host_cost_s": host_cost_s, "hop_latency_s": 0.0}
+    hop_latency_s = float(cost_info.get("hop_latency_s", 0.0))
     if out_dir is None:
         out_dir = results_root / topology.name / (new_run_id() + "-sim")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +128,7 @@ def run_simulation(topology: Topology, out_dir: Path | None = None,
     events, counters, last_event = [], {}, 0.0
     for r in range(replications):
         evs, counters[f"replication-{r}"] = simulate_events(topology, host_cost_s, base_seed + r,
-                                                            engine_overrides)
+                                                            engine_overrides, hop_latency_s)
         last_event += max((e["t"] for e in evs), default=0.0)
         for e in evs:
             if "msg" in e:
@@ -138,6 +143,7 @@ def run_simulation(topology: Topology, out_dir: Path | None = None,
     (out_dir / "topology.yaml").write_text(topology_to_yaml(topology))
     meta = {"kind": "simulated", "topology": topology.name, "backend": "sim",
             "seed": base_seed, "replications": replications, "host_cost_s": host_cost_s,
+            "hop_latency_s": hop_latency_s,
             "host_cost": cost_info, "wall_s": round(wall, 3),
             "simulated_s": round(last_event, 3),
             "speedup": round(last_event / wall, 1) if wall > 0 else None,

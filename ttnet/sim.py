@@ -11,7 +11,8 @@ Two modes:
   packet therefore costs what it costs on a real network.
 
 Model order per datagram, matching the emulator (NFQUEUE on the sender's
-OUTPUT hook, then the egress qdisc): host CPU -> loss -> delay + jitter
+OUTPUT hook, then the egress qdisc): host CPU -> loss -> delay (+ the
+fixed hop latency) + jitter
 (uniform in [-jitter, +jitter], clipped at 0; packets may reorder) -> rate
 FIFO (Ethernet+IP+UDP overhead counted) -> receiver host CPU.
 
@@ -79,7 +80,7 @@ class SimNetwork:
 
     def __init__(self, sim: Any, default: LinkParams | None = None,
                  links: dict[tuple[Hashable, Hashable], LinkParams] | None = None,
-                 seed: int = 1, host_cost_s: float = 0.0) -> None:
+                 seed: int = 1, host_cost_s: float = 0.0, hop_latency_s: float = 0.0) -> None:
         self.sim = sim
         self.default = default or LinkParams()
         self._params = dict(links or {})
@@ -87,6 +88,9 @@ class SimNetwork:
         self.rng = random.Random(seed)
         self.seed = seed
         self.host_cost_s = host_cost_s
+        #: Fixed extra latency of every datagram that does not occupy a CPU
+        #: (wake-ups, an NFQUEUE pass): added in flight, not serialised.
+        self.hop_latency_s = hop_latency_s
         self.hosts: dict[Hashable, "TTNetworkInterfaceSim"] = {}
         self.dropped = 0
         self.duplicated = 0
@@ -125,7 +129,7 @@ class SimNetwork:
                 b = bytearray(data)
                 b[rng.randrange(len(b))] ^= 0xFF
                 data = bytes(b)
-            t = at + p.delay_s
+            t = at + p.delay_s + self.hop_latency_s
             if p.jitter_s:
                 t += rng.uniform(-p.jitter_s, p.jitter_s)
                 t = max(t, at)
