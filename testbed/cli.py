@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from testbed.evaluate import compare_run
 from testbed.topology import TopologyError, find_topology, list_topologies, load_topology
 
 DEFAULT_TOPOLOGIES = ("pair", "star", "edge-cloud", "lossy", "mesh-20")
@@ -42,42 +43,6 @@ def say(msg: str) -> None:
 
 def _load(name: str):
     return load_topology(find_topology(name, TOPO_DIR))
-
-
-def compare_run(run_dir: Path, simulate_if_missing: bool = True) -> tuple[list, list[str], Path]:
-    """Simulate (into run_dir/sim) if needed, compare, plot, write report.md."""
-    from testbed.compare import (compare, delay_floor_violations, fidelity_check,
-                                 format_table, plot_cdfs, write_report)
-    from testbed.simulate import run_simulation
-    from testbed.stats import load_events
-
-    topo = load_topology(run_dir / "topology.yaml")
-    sim_dir = run_dir / "sim"
-    if not (sim_dir / "events-sim.jsonl").exists():
-        if not simulate_if_missing:
-            raise FileNotFoundError(f"{sim_dir} has no simulation; run `python -m testbed simulate`")
-        run_simulation(topo, out_dir=sim_dir)
-    emu, sim = load_events(run_dir), load_events(sim_dir)
-    rows = compare(emu, sim)
-    sim_meta = json.loads((sim_dir / "meta.json").read_text())
-    emu_meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
-    floor = delay_floor_violations(topo, emu)
-    min_delay = min((topo.link(a, b).delay_s for a in topo.ensembles for b in topo.ensembles
-                     if a != b), default=0.0)
-    notes = [f"emulated on {emu_meta.get('backend', '?')} with impairments via "
-             f"{emu_meta.get('impairment_engine', '?')}; simulated with host cost "
-             f"{sim_meta['host_cost_s'] * 1e6:.1f} us/datagram + {sim_meta.get('hop_latency_s', 0) * 1e6:.0f} us/hop "
-             f"({sim_meta['host_cost']['source']}), "
-             f"{sim_meta.get('speedup_span')}x faster than real time"]
-    notes += floor
-    problems = fidelity_check(rows, not floor) if min_delay >= 0.005 else []
-    if min_delay < 0.005:
-        notes.append(f"links under 5 ms ({min_delay * 1000:g} ms): outside the fidelity target")
-    notes += [f"fidelity: {p}" for p in problems] or (
-        ["fidelity: within p50 +/-5% and p95 +/-10% for every flow"] if min_delay >= 0.005 else [])
-    plots = plot_cdfs(rows, run_dir, title=topo.name)
-    report = write_report(run_dir, rows, plots, notes, title=f"{topo.name}: emulated vs simulated")
-    return rows, problems, report
 
 
 def cmd_list(args) -> int:

@@ -108,13 +108,15 @@ MSG_STRIDE = 1_000_000
 def run_simulation(topology: Topology, out_dir: Path | None = None,
                    results_root: Path = Path("results"), host_cost_s: float | None = None,
                    seed: int | None = None, engine_overrides: dict | None = None,
-                   replications: int = REPLICATIONS) -> Path:
+                   replications: int = REPLICATIONS, calibration: dict | None = None) -> Path:
     """Simulate and write ``events-sim.jsonl``, ``topology.yaml`` and
     ``meta.json`` into ``out_dir`` (default: a new run directory).
-    Replication r uses seed ``seed + r``; all are pooled in the events."""
+    Replication r uses seed ``seed + r``; all are pooled in the events.
+    ``calibration`` (host_cost_s, hop_latency_s) defaults to the one stored
+    under ``results_root``."""
     from testbed.calibrate import load_host_cost
 
-    cost_info = load_host_cost()
+    cost_info = calibration or load_host_cost(results_root)
     if host_cost_s is None:
         host_cost_s = cost_info["host_cost_s"]
     else:

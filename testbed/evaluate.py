@@ -1,0 +1,55 @@
+"""Emulated run -> simulated baseline -> comparison, plots and report.md.
+
+Owns the last step of an experiment: given an emulated run directory,
+simulate the same topology into ``<run>/sim/`` (unless already there),
+compare per flow, judge fidelity where the target applies (links of at
+least 5 ms), draw CDFs and write ``report.md``. Never runs an emulation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from testbed.topology import load_topology
+
+#: The fidelity target applies to topologies whose links all have at least
+#: this much delay: below it, fixed host overheads dominate the latency.
+FIDELITY_MIN_DELAY_S = 0.005
+
+
+def compare_run(run_dir: Path, simulate_if_missing: bool = True,
+                calibration: dict | None = None) -> tuple[list, list[str], Path]:
+    """Simulate (into run_dir/sim) if needed, compare, plot, write report.md."""
+    from testbed.compare import (compare, delay_floor_violations, fidelity_check,
+                                 plot_cdfs, write_report)
+    from testbed.simulate import run_simulation
+    from testbed.stats import load_events
+
+    topo = load_topology(run_dir / "topology.yaml")
+    sim_dir = run_dir / "sim"
+    if not (sim_dir / "events-sim.jsonl").exists():
+        if not simulate_if_missing:
+            raise FileNotFoundError(f"{sim_dir} has no simulation; run `python -m testbed simulate`")
+        run_simulation(topo, out_dir=sim_dir, calibration=calibration,
+                       results_root=run_dir.parent.parent)
+    emu, sim = load_events(run_dir), load_events(sim_dir)
+    rows = compare(emu, sim)
+    sim_meta = json.loads((sim_dir / "meta.json").read_text())
+    emu_meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
+    floor = delay_floor_violations(topo, emu)
+    min_delay = min((topo.link(a, b).delay_s for a in topo.ensembles for b in topo.ensembles
+                     if a != b), default=0.0)
+    notes = [f"emulated on {emu_meta.get('backend', '?')} with impairments via "
+             f"{emu_meta.get('impairment_engine', '?')}; simulated with host cost "
+             f"{sim_meta['host_cost_s'] * 1e6:.1f} us/datagram + {sim_meta.get('hop_latency_s', 0) * 1e6:.0f} us/hop "
+             f"({sim_meta['host_cost']['source']}), "
+             f"{sim_meta.get('speedup_span')}x faster than real time"]
+    notes += floor
+    problems = fidelity_check(rows, not floor) if min_delay >= FIDELITY_MIN_DELAY_S else []
+    if min_delay < FIDELITY_MIN_DELAY_S:
+        notes.append(f"links under 5 ms ({min_delay * 1000:g} ms): outside the fidelity target")
+    notes += [f"fidelity: {p}" for p in problems] or (
+        ["fidelity: within p50 +/-5% and p95 +/-10% for every flow"] if min_delay >= FIDELITY_MIN_DELAY_S else [])
+    plots = plot_cdfs(rows, run_dir, title=topo.name)
+    report = write_report(run_dir, rows, plots, notes, title=f"{topo.name}: emulated vs simulated")
+    return rows, problems, report
