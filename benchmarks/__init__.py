@@ -1,0 +1,1 @@
+"""ttnet benchmarks: ``make bench`` (``python benchmarks/run.py``)."""
