@@ -379,9 +379,16 @@ class Engine:
         else:
             head = self._flight_head(out)
             if head is not None:
-                rto = self._peers[out.address].rtt.rto * out.backoff
+                rto = self._backed_off_rto(out, self._peers[out.address])
                 when = min(when, out.sent_at[head] + rto)
         self._schedule(out, when)
+
+    def _backed_off_rto(self, out: _Outgoing, peer: _Peer) -> float:
+        # The backed-off timer is capped by max_rto_s: during an outage the
+        # sender must keep probing well inside the receiver's
+        # incoming_idle_timeout_s, or the receiver forgets the message
+        # before the link returns (uncapped, 64 x RTO reached minutes).
+        return min(peer.rtt.rto * out.backoff, max(self.config.max_rto_s, peer.rtt.rto))
 
     def _flight_head(self, out: _Outgoing) -> int | None:
         flight, state, last_tx = out.flight, out.state, out.last_tx
@@ -407,19 +414,22 @@ class Engine:
                 self._send_req(out, now)
             return
         peer = self._peers[out.address]
-        rto = peer.rtt.rto * out.backoff
+        rto = self._backed_off_rto(out, peer)
+        head = self._flight_head(out)
+        if head is None or out.sent_at[head] + rto > now:
+            return
+        # The oldest packet timed out: presume everything still in flight of
+        # this message lost too (as TCP does on RTO). Expiring packets one
+        # by one, each with a doubled timer, left the rest of a large flight
+        # counted against cwnd for minutes after an outage, so nothing could
+        # be retransmitted.
+        flight, state, last_tx = out.flight, out.state, out.last_tx
         timed_out = False
-        flight, state, last_tx, sent_at = out.flight, out.state, out.last_tx, out.sent_at
         while flight:
-            tx, idx = flight[0]
-            if state[idx] != _INFLIGHT or last_tx[idx] != tx:
-                flight.popleft()
-                continue
-            if sent_at[idx] + rto > now:
-                break
-            flight.popleft()
-            self._mark_lost(out, peer, idx)
-            timed_out = True
+            tx, idx = flight.popleft()
+            if state[idx] == _INFLIGHT and last_tx[idx] == tx:
+                self._mark_lost(out, peer, idx)
+                timed_out = True
         if timed_out:
             self.counters["rto_expired"] += 1
             out.backoff = min(out.backoff * 2, 64.0)
