@@ -1,0 +1,21 @@
+"""Run the atheris harness for a bounded number of inputs (skipped when
+atheris is not installed: ``pip install atheris``)."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("atheris")
+
+HARNESS = Path(__file__).with_name("fuzz_wire.py")
+
+
+@pytest.mark.timeout(120)
+def test_atheris_finds_no_crash_in_20000_inputs(tmp_path):
+    proc = subprocess.run([sys.executable, str(HARNESS), "-runs=20000", "-seed=1",
+                           f"-artifact_prefix={tmp_path}/"],
+                          capture_output=True, text=True, timeout=110)
+    tail = proc.stderr[-2000:]
+    assert proc.returncode == 0, tail
+    assert "Done 20000 runs" in proc.stderr, tail
