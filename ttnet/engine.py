@@ -35,7 +35,7 @@ from typing import Any, Hashable
 
 from .rtt import CongestionWindow, RttEstimator
 from .window import TTSlidingWindow
-from .wire import (MAX_DATA, MAX_DATAGRAM, TTPacketType, crc32, encode_ack,
+from .wire import (MAX_DATA, MAX_DATAGRAM, TTPacketType, crc_ok, encode_ack,
                    encode_data, encode_req, packet_count)
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,10 @@ class EngineConfig:
     #: Packets sent after a missing one, once acknowledged, mark it lost.
     dup_thresh: int = 3
     #: A repeated REQ arriving this soon after our ACK_START is a network
-    #: duplicate, not a retransmission (our REQ RTO is >= min_rto_s).
-    ack_start_guard_s: float = 0.002
+    #: duplicate, not a retransmission (our REQ RTO is >= min_rto_s, and
+    #: TTPython's is 100 ms): answering it would only make an ACK(0) that
+    #: the sender could take for the acknowledgement of packet 0.
+    ack_start_guard_s: float = 0.005
 
     def __post_init__(self) -> None:
         if self.window_size < 1:
@@ -96,11 +98,27 @@ class EngineConfig:
 
 
 # --- events ------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
 class Delivered:
-    address: Address
-    message_id: int
-    payload: bytes
+    """A complete incoming message. The payload is joined from its packets
+    on first access, so a driver can do that copy outside its I/O loop."""
+
+    __slots__ = ("address", "message_id", "_parts", "_payload")
+
+    def __init__(self, address: Address, message_id: int, parts: list[bytes]) -> None:
+        self.address = address
+        self.message_id = message_id
+        self._parts = parts
+        self._payload: bytes | None = None
+
+    @property
+    def payload(self) -> bytes:
+        if self._payload is None:
+            self._payload = b"".join(self._parts)
+            self._parts = []
+        return self._payload
+
+    def __repr__(self) -> str:
+        return f"Delivered({self.address!r}, {self.message_id:#x})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +161,13 @@ class _Outgoing:
     req_next_at: float = _INF
     req_rto: float = 0.1
     req_first_at: float = 0.0
+    started_at: float = 0.0
     echo_budget: int = 0
     next_new: int = 0
     lost: deque = field(default_factory=deque)     # indices to resend
     flight: deque = field(default_factory=deque)   # (tx, index) by send order
     backoff: float = 1.0
+    last_served: int = 0
     scheduled_at: float = _INF
     done: bool = False
 
@@ -194,6 +214,7 @@ class Engine:
         self._timer_seq = 0
         self._handles = 0
         self._tx = 0
+        self._served = 0
         self._reserved_total = 0
         self._completed: OrderedDict[tuple[Address, int], tuple[int, float]] = OrderedDict()
         self._sending: dict[int, _Outgoing] = {}   # handle -> message, started ones
@@ -249,7 +270,7 @@ class Engine:
         else:
             self.counters["dropped_malformed"] += 1
             return
-        if crc32(data) != 0:
+        if not crc_ok(data):
             self.counters["dropped_crc"] += 1
             return
         if kind == TTPacketType.ACK:
@@ -291,8 +312,8 @@ class Engine:
 
     def datagrams_to_send(self, now: float, limit: int = 1 << 30) -> list[tuple[bytes, Address]]:
         """Control packets first (ACKs, REQs), then DATA within each peer's
-        congestion window, smallest remaining message first so tokens are
-        not stuck behind bulk transfers. At most ``limit`` datagrams."""
+        congestion window, round robin over that peer's messages so tokens
+        are not stuck behind bulk transfers. At most ``limit`` datagrams."""
         out: list[tuple[bytes, Address]] = []
         control = self._control
         while control and len(out) < limit:
@@ -304,16 +325,32 @@ class Engine:
             by_peer.setdefault(msg.address, []).append(msg)
         for address, msgs in by_peer.items():
             peer = self._peers[address]
-            if len(msgs) > 1:
-                msgs.sort(key=lambda m: m.num_packets - m.window.done_count)
-            for msg in msgs:
-                while peer.inflight < peer.cwnd.cwnd and len(out) < limit:
+            cwnd = peer.cwnd
+            if len(msgs) == 1:
+                msg = msgs[0]
+                while peer.inflight < cwnd.cwnd and len(out) < limit:
                     dg = self._next_data(msg, peer, now)
                     if dg is None:
                         break
                     out.append((dg, address))
-                if len(out) >= limit or peer.inflight >= peer.cwnd.cwnd:
-                    break
+                continue
+            # Round robin, one packet per message per pass, least recently
+            # served first: a token waits behind at most one packet of each
+            # bulk transfer, and no transfer starves (smallest-first did,
+            # under a steady stream of small messages).
+            msgs.sort(key=lambda m: m.last_served)
+            while msgs and peer.inflight < cwnd.cwnd and len(out) < limit:
+                busy = []
+                for msg in msgs:
+                    if peer.inflight >= cwnd.cwnd or len(out) >= limit:
+                        break
+                    dg = self._next_data(msg, peer, now)
+                    if dg is not None:
+                        self._served += 1
+                        msg.last_served = self._served
+                        out.append((dg, address))
+                        busy.append(msg)
+                msgs = busy
         return out
 
     def pop_events(self) -> list[Any]:
@@ -481,6 +518,7 @@ class Engine:
                 self.counters["ack_before_start"] += 1
                 return
             out.started = True
+            out.started_at = now
             out.window.start(now)
             out.echo_budget = out.req_count - 1
             if out.req_count == 1:        # Karn: only an unambiguous sample
@@ -496,13 +534,21 @@ class Engine:
         if idx is None:
             self.counters["ack_out_of_window"] += 1
             return
-        if idx == 0 and out.echo_budget > 0 and out.state[0] != _ACKED:
-            # After a retransmitted REQ, the receiver's extra ACK_START is
-            # indistinguishable from ACK(0). Treat up to req_count-1 of them
-            # as echoes; a real ack of packet 0 follows its retransmission.
-            out.echo_budget -= 1
-            self.counters["ack_start_echo_ignored"] += 1
-            return
+        if idx == 0 and out.state[0] != _ACKED:
+            # ACK_START and ACK(0) are the same datagram. Extra ACK_STARTs
+            # come from retransmitted REQs (at most req_count-1 of them) and
+            # from the network duplicating one; the copies trail the first
+            # by about the path's delay variation, while a real ACK(0) needs
+            # a round trip after DATA 0. Taking an echo for an ack would end
+            # a send whose packet 0 was lost, so anything ambiguous is an
+            # echo: the worst case is one retransmission of packet 0.
+            if out.echo_budget > 0:
+                out.echo_budget -= 1
+                self.counters["ack_start_echo_ignored"] += 1
+                return
+            if now - out.started_at < 4 * peer.rtt.mdev:
+                self.counters["ack_start_echo_ignored"] += 1
+                return
         if out.state[idx] == _UNSENT:
             self.counters["ack_for_unsent"] += 1
             return
@@ -602,7 +648,7 @@ class Engine:
         window.start(now)
         self._ack(address, mid, 0)
         if num == 0:
-            self._deliver(address, mid, b"", 0, now)
+            self._deliver(address, mid, [], 0, now)
             return
         inc = _Incoming(address, mid, window, size, now, now)
         peer.incoming[mid] = inc
@@ -639,9 +685,9 @@ class Engine:
             return
         inc.last_progress = now
         if window.complete:
-            payload = window.assemble()
+            parts = window.items
             self._drop_incoming(peer, inc)
-            self._deliver(address, mid, payload, window.total, now)
+            self._deliver(address, mid, parts, window.total, now)
 
     def _drop_incoming(self, peer: _Peer, inc: _Incoming) -> None:
         inc.done = True
@@ -660,13 +706,13 @@ class Engine:
         else:
             self._schedule(inc, expires)
 
-    def _deliver(self, address: Address, mid: int, payload: bytes, num: int,
+    def _deliver(self, address: Address, mid: int, parts: list[bytes], num: int,
                  now: float) -> None:
         self._completed[(address, mid)] = (num, now + self.config.completed_ttl_s)
         self._purge_completed(now)
         self.counters["messages_delivered"] += 1
-        self.counters["bytes_delivered"] += len(payload)
-        self._events.append(Delivered(address, mid, payload))
+        self.counters["bytes_delivered"] += sum(map(len, parts))
+        self._events.append(Delivered(address, mid, parts))
 
     def _purge_completed(self, now: float) -> None:
         completed = self._completed

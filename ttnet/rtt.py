@@ -22,6 +22,9 @@ class RttEstimator:
     srtt: float | None = None
     rttvar: float = 0.0
     min_rtt: float | None = None
+    #: Measured delay variation: like rttvar but starting from 0 instead of
+    #: RFC 6298's conservative R/2, so it reflects only what was observed.
+    mdev: float = 0.0
 
     def sample(self, rtt: float) -> None:
         if rtt < 0:
@@ -30,7 +33,9 @@ class RttEstimator:
             self.srtt = rtt
             self.rttvar = rtt / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            dev = abs(self.srtt - rtt)
+            self.rttvar = 0.75 * self.rttvar + 0.25 * dev
+            self.mdev = 0.75 * self.mdev + 0.25 * dev
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
         if self.min_rtt is None or rtt < self.min_rtt:
             self.min_rtt = rtt

@@ -64,8 +64,13 @@ def crc32(data: bytes | bytearray | memoryview) -> int:
 
 
 def crc_ok(datagram: bytes) -> bool:
-    """True when the datagram's trailer matches (CRC over it all is 0)."""
-    return len(datagram) >= 4 and crc32(datagram) == 0
+    """True when the datagram's trailer matches (CRC over it all is 0).
+
+    Same test as ``crc32(datagram) == 0`` in one C call: the reflected
+    CRC of the bit-reversed bytes is all ones exactly when ours is zero.
+    """
+    return (len(datagram) >= 4
+            and binascii.crc32(datagram.translate(_REV8), 0xFFFFFFFF) == 0xFFFFFFFF)
 
 
 def _seal(body: bytes) -> bytes:

@@ -235,3 +235,27 @@ def test_valid_crc_garbage_never_raises(mid, seq, data, kind):
           2: lambda: encode_ack(mid, seq)}[kind]()
     e.datagram_received(dg, A, 0.0)
     e.handle_timers(1.0)
+
+
+def test_network_duplicate_of_ack_start_is_not_taken_for_packet_zero_on_a_jittery_path():
+    """Once the path's delay variation is known, an ACK(0) arriving within it
+    of ACK_START is treated as an echo: a lost DATA 0 is retransmitted and
+    the send completes only when the receiver really has the message."""
+    a, b = Engine(), Engine()
+    rtt = a._peer(B).rtt
+    for sample in (0.010, 0.014, 0.008, 0.013, 0.009, 0.012):   # +/- 3 ms jitter
+        rtt.sample(sample)
+    assert rtt.mdev > 0.001
+    a.send_message(B, b"one packet", 0.0, ensure=True)
+    (req,) = a.datagrams_to_send(0.0)
+    b.datagram_received(req[0], A, 0.005)
+    (ack_start,) = b.datagrams_to_send(0.005)
+    a.datagram_received(ack_start[0], B, 0.010)
+    (data0,) = a.datagrams_to_send(0.010)                    # lost on the way
+    a.datagram_received(ack_start[0], B, 0.013)              # the network's copy
+    assert a.counters["ack_start_echo_ignored"] == 1
+    assert not [e for e in a.pop_events() if isinstance(e, SendCompleted)]
+    pump(a, b, 0.013)                                        # RTO resends DATA 0
+    assert len(delivered(b)) == 1
+    assert [type(e) for e in a.pop_events()] == [SendCompleted]
+    assert a.counters["data_retransmitted"] >= 1
