@@ -36,7 +36,8 @@ _con = _console()
 def say(msg: str) -> None:
     stamp = time.strftime("%H:%M:%S")
     if _con is not None:
-        _con.print(f"[dim]{stamp}[/dim] {msg}", markup=True)
+        from rich.markup import escape
+        _con.print(f"[dim]{stamp}[/dim] {escape(msg)}", markup=True)
     else:
         print(f"{stamp} {msg}", flush=True)
 
@@ -77,9 +78,10 @@ def cmd_run(args) -> int:
             say(f"[{name}] agents exited with {res.meta.get('exit_codes')}; see {res.run_dir}/logs")
             code = 1
         if not args.no_compare:
-            rows, problems, report = compare_run(res.run_dir)
+            rows, verdict, report = compare_run(res.run_dir)
             from testbed.compare import format_table
             print(format_table(rows))
+            _print_verdict(verdict)
             say(f"[{name}] report: {report}")
     return code
 
@@ -155,16 +157,27 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def _print_verdict(verdict) -> None:
+    if verdict is None:
+        print("  fidelity: outside the target (links under 5 ms)")
+        return
+    for p in verdict.failures:
+        print(f"  fidelity FAIL: {p}")
+    for p in verdict.explained:
+        print(f"  fidelity within sampling error: {p}")
+    if not verdict.violations and verdict.ok:
+        print("  fidelity: every flow within p50 +/-5% and p95 +/-10%")
+
+
 def cmd_compare(args) -> int:
     from testbed.compare import format_table
     code = 0
     for run in args.run:
-        rows, problems, report = compare_run(Path(run))
+        rows, verdict, report = compare_run(Path(run))
         print(format_table(rows))
-        for p in problems:
-            say(f"fidelity: {p}")
+        _print_verdict(verdict)
         say(f"report: {report}")
-        code |= bool(problems and args.strict)
+        code |= bool(verdict is not None and not verdict.ok and args.strict)
     return code
 
 
@@ -194,8 +207,8 @@ def cmd_all(args) -> int:
         topo = _load(name)
         res = run_emulation(topo, args.backend, results, progress=say)
         _summarise(res.run_dir)
-        rows, problems, report = compare_run(res.run_dir)
-        summaries.append((name, res, rows, problems, report))
+        rows, verdict, report = compare_run(res.run_dir)
+        summaries.append((name, res, rows, verdict, report))
     if not args.skip_e2e:
         say("end-to-end suite (tests/e2e)")
         rc = subprocess.call([sys.executable, "-m", "pytest", "tests/e2e", "-q"])
@@ -203,13 +216,12 @@ def cmd_all(args) -> int:
     else:
         rc = 0
     print()
-    for name, res, rows, problems, report in summaries:
+    for name, res, rows, verdict, report in summaries:
         m = res.meta
         say(f"== {name}: backend {m.get('backend')}, impairments {m.get('impairment_engine')}, "
             f"up {m.get('up_s')}s, down {m.get('down_s')}s; report {report}")
         print(format_table(rows))
-        for p in problems:
-            print(f"  fidelity: {p}")
+        _print_verdict(verdict)
     say(f"testbed finished in {time.monotonic() - t0:.0f}s")
     return rc
 

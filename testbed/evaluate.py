@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from testbed.topology import load_topology
+
+if TYPE_CHECKING:
+    from testbed.compare import FidelityVerdict
 
 #: The fidelity target applies to topologies whose links all have at least
 #: this much delay: below it, fixed host overheads dominate the latency.
@@ -18,9 +22,12 @@ FIDELITY_MIN_DELAY_S = 0.005
 
 
 def compare_run(run_dir: Path, simulate_if_missing: bool = True,
-                calibration: dict | None = None) -> tuple[list, list[str], Path]:
-    """Simulate (into run_dir/sim) if needed, compare, plot, write report.md."""
-    from testbed.compare import (compare, delay_floor_violations, fidelity_check,
+                calibration: dict | None = None) -> tuple[list, "FidelityVerdict | None", Path]:
+    """Simulate (into run_dir/sim) if needed, compare, plot, write report.md.
+
+    Returns (rows, verdict, report); the verdict (compare.judge_fidelity)
+    is None when the topology is outside the target (links under 5 ms)."""
+    from testbed.compare import (compare, delay_floor_violations, judge_fidelity,
                                  plot_cdfs, write_report)
     from testbed.simulate import run_simulation
     from testbed.stats import load_events
@@ -45,11 +52,16 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
              f"({sim_meta['host_cost']['source']}), "
              f"{sim_meta.get('speedup_span')}x faster than real time"]
     notes += floor
-    problems = fidelity_check(rows, not floor) if min_delay >= FIDELITY_MIN_DELAY_S else []
-    if min_delay < FIDELITY_MIN_DELAY_S:
+    verdict = None
+    if min_delay >= FIDELITY_MIN_DELAY_S:
+        verdict = judge_fidelity(rows, not floor)
+        notes += [f"fidelity FAIL: {p}" for p in verdict.failures]
+        notes += [f"fidelity outside tolerance but within sampling error: {p}"
+                  for p in verdict.explained]
+        if not verdict.violations and verdict.ok:
+            notes.append("fidelity: every flow within p50 +/-5% and p95 +/-10%")
+    else:
         notes.append(f"links under 5 ms ({min_delay * 1000:g} ms): outside the fidelity target")
-    notes += [f"fidelity: {p}" for p in problems] or (
-        ["fidelity: within p50 +/-5% and p95 +/-10% for every flow"] if min_delay >= FIDELITY_MIN_DELAY_S else [])
     plots = plot_cdfs(rows, run_dir, title=topo.name)
     report = write_report(run_dir, rows, plots, notes, title=f"{topo.name}: emulated vs simulated")
-    return rows, problems, report
+    return rows, verdict, report

@@ -243,3 +243,43 @@ def test_many_flows_are_split_over_several_cdf_pages(tmp_path):
 def test_empty_stats_are_rendered_as_dashes():
     row = FlowComparison("x", FlowStats(flow="x"), FlowStats(flow="x"))
     assert format_table([row]).splitlines()[2].split() == ["x", "delivery", "ratio", "-", "-", "-"]
+
+
+# --- sampling-aware fidelity ---------------------------------------------------
+
+def _bimodal(n_fast: int, n_slow: int) -> dict[int, float]:
+    """Latencies of two modes (0.1 s and 0.14 s), like 'one loss costs a round trip'."""
+    return {k: (0.100 if k < n_fast else 0.140) + (k % 10) * 1e-5
+            for k in range(n_fast + n_slow)}
+
+
+def test_bimodal_median_flip_is_a_violation_explained_by_sampling():
+    from testbed.compare import judge_fidelity
+    emu = run_events(_bimodal(52, 48))            # median in the fast mode
+    sim = run_events(_bimodal(480, 520))          # median in the slow mode
+    verdict = judge_fidelity(compare(emu, sim), min_delay_ok=True)
+    assert any("p50" in v for v in verdict.violations)
+    assert verdict.ok and any("p50" in e and "explained" in e for e in verdict.explained)
+
+
+def test_shifted_distribution_fails_even_with_sampling_allowance():
+    from testbed.compare import judge_fidelity
+    emu = run_events({k: 0.120 + k * 1e-4 for k in range(100)})
+    sim = run_events({k: 0.100 + k * 1e-5 for k in range(1000)})   # model misses 20 ms
+    verdict = judge_fidelity(compare(emu, sim), min_delay_ok=True)
+    assert not verdict.ok
+    assert any("p50" in f and "percentile" in f for f in verdict.failures)
+
+
+def test_matching_distributions_have_no_violations():
+    from testbed.compare import judge_fidelity
+    emu = run_events({k: 0.100 + (k % 10) * 1e-4 for k in range(100)})
+    sim = run_events({k: 0.100 + (k % 10) * 1e-4 for k in range(1000)})
+    verdict = judge_fidelity(compare(emu, sim), min_delay_ok=True)
+    assert verdict.violations == [] and verdict.ok
+
+
+def test_quantile_band_shrinks_with_samples():
+    from testbed.compare import quantile_band
+    assert quantile_band(0.5, 100) == pytest.approx(2 * 0.05 + 0.01)
+    assert quantile_band(0.5, 1000) < quantile_band(0.5, 100) < quantile_band(0.5, 40)
