@@ -20,6 +20,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -276,6 +277,30 @@ def run_memory(ctx: Any, a: Worker, size: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ report
+TARGET_SIM_SPEEDUP = 100.0
+
+
+def run_sim_speed() -> dict[str, Any]:
+    """Simulated seconds per wall second for every shipped topology (one
+    replication each, calibrated host cost if present)."""
+    from testbed.calibrate import load_host_cost
+    from testbed.simulate import simulate_events
+    from testbed.topology import list_topologies, load_topology
+    topo_dir = Path(__file__).resolve().parent.parent / "topologies"
+    cal = load_host_cost(Path("results"))
+    out = {}
+    for name in list_topologies(topo_dir):
+        topo = load_topology(topo_dir / f"{name}.yaml")
+        t0 = time.perf_counter()
+        events, _ = simulate_events(topo, cal["host_cost_s"],
+                                    hop_latency_s=cal.get("hop_latency_s", 0.0))
+        wall = time.perf_counter() - t0
+        span = max(e["t"] for e in events)
+        out[name] = {"wall_s": wall, "simulated_s": span, "speedup": span / wall,
+                     "events": len(events)}
+    return out
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
@@ -319,6 +344,11 @@ def build_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
          f"{lat['baseline_median_us']:.0f} us UDP ping-pong RTT",
          f"{lat['floor_median_us'] / lat['baseline_median_us']:.2f}x", "info", "-"),
     ]
+    for name, sp in (r.get("sim_speed") or {}).items():
+        rows.append((f"Simulator speed, {name}",
+                     f"{sp['simulated_s']:.1f} s simulated in {sp['wall_s'] * 1000:.0f} ms",
+                     "real time", f"{sp['speedup']:.0f}x", f">= {TARGET_SIM_SPEEDUP:.0f}x",
+                     verdict(sp["speedup"] >= TARGET_SIM_SPEEDUP)))
     split = r.get("latency_split")
     if split:
         rows.append((
@@ -507,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 a.call("pin", None)
                 b.call("pin", None)
+
+        log("simulator speed on every shipped topology")
+        result["sim_speed"] = run_sim_speed()
 
         if args.skip_memory:
             result["memory"] = {"skipped": True}

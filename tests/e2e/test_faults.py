@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-pyroute2 = pytest.importorskip("pyroute2")
 from pyroute2 import IPRoute, netns  # noqa: E402
 
 from testbed.impair import Impairments  # noqa: E402
@@ -36,7 +35,7 @@ _spec.loader.exec_module(fault_peer)
 
 PORT_A, PORT_B = 8425, 8225
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces")
+pytestmark = pytest.mark.e2e     # needs root for namespaces (make test runs as root)
 
 
 # --------------------------------------------------------------------- plumbing
