@@ -548,6 +548,12 @@ class Engine:
                 return
             if now - out.started_at < 4 * peer.rtt.mdev:
                 self.counters["ack_start_echo_ignored"] += 1
+                if out.state[0] == _INFLIGHT:
+                    # Ambiguous, not necessarily lost: probe with DATA 0
+                    # now rather than after an RTO. At most one probe per
+                    # ACK(0), i.e. about one per round trip while the
+                    # window lasts.
+                    self._mark_lost(out, peer, 0)
                 return
         if out.state[idx] == _UNSENT:
             self.counters["ack_for_unsent"] += 1
