@@ -5,8 +5,6 @@
     python benchmarks/diagnose.py goodput [--size-mib 10] # cProfile of the I/O threads
     python benchmarks/diagnose.py goodput --pings 1000    # ... during PING/PONGs instead
     python benchmarks/diagnose.py auth                    # seal/open cost in a transfer
-    python benchmarks/diagnose.py variants [--pin split]  # latency of the prototypes.py fixes
-    python benchmarks/diagnose.py authfix                 # auth goodput of the prototype fixes
 
 Same two-process setup as run.py (sender A, receiver B, loopback). The
 worker processes patch ttnet *at run time* (wrappers around a few methods,
@@ -206,75 +204,6 @@ def auth_main(conn: Any) -> None:
         node.close()
 
 
-class VariantNode(workers.Node):
-    """A node with one extra interface per prototype variant ("v:<name>")."""
-
-    def __init__(self, conn: Any, fast_crc: bool = False) -> None:
-        from benchmarks import prototypes
-        if fast_crc:
-            prototypes.install_fast_crc()
-        super().__init__(conn)
-        for v, kw in prototypes.VARIANTS.items():
-            name = "v:" + v
-            self.arrivals[name] = queue.SimpleQueue()
-            self.ifaces[name] = workers.make_iface(self._receiver(name),
-                                                   cls=prototypes.VariantUDP, **kw)
-
-    def hello(self) -> dict[str, Any]:
-        h = super().hello()
-        h["variants"] = [n for n in self.ifaces if n.startswith("v:")]
-        return h
-
-
-class AuthVariantNode(workers.Node):
-    """Stock plain/auth interfaces plus prototype fixes of the auth path."""
-
-    def __init__(self, conn: Any) -> None:
-        from benchmarks import prototypes as pt
-        from ttnet import Authenticator, EngineConfig
-        super().__init__(conn)
-        key = workers.AUTH_KEY
-        specs = {
-            "v:fast_auth": dict(authenticator=pt.FastAuthenticator(key)),
-            "v:open_in_dispatcher": dict(authenticator=Authenticator(key), cls=pt.VariantUDP,
-                                         open_in_dispatcher=True),
-            "v:both": dict(authenticator=pt.FastAuthenticator(key), cls=pt.VariantUDP,
-                           open_in_dispatcher=True),
-            "v:both+ack_first+rx64": dict(authenticator=pt.FastAuthenticator(key),
-                                          cls=pt.VariantUDP, open_in_dispatcher=True,
-                                          ack_first=True, rx_batch=64),
-            "v:plain_ack_first+rx64": dict(cls=pt.VariantUDP, ack_first=True, rx_batch=64),
-            "v:plain_min_rto_20ms": dict(config=EngineConfig(min_rto_s=0.02)),
-        }
-        for name, kw in specs.items():
-            self.arrivals[name] = queue.SimpleQueue()
-            self.ifaces[name] = workers.make_iface(self._receiver(name), **kw)
-
-
-def auth_variant_main(conn: Any) -> None:
-    node = AuthVariantNode(conn)
-    try:
-        node.serve(node.hello())
-    finally:
-        node.close()
-
-
-def variant_main(conn: Any) -> None:
-    node = VariantNode(conn)
-    try:
-        node.serve(node.hello())
-    finally:
-        node.close()
-
-
-def variant_crc_main(conn: Any) -> None:
-    node = VariantNode(conn, fast_crc=True)
-    try:
-        node.serve(node.hello())
-    finally:
-        node.close()
-
-
 # ---------------------------------------------------------------- analyses
 def latency(args: argparse.Namespace) -> None:
     ctx = mp.get_context("spawn")
@@ -392,134 +321,6 @@ def auth(args: argparse.Namespace) -> None:
             w.stop()
 
 
-def variants(args: argparse.Namespace) -> None:
-    """Latency of each prototype variant vs stock, interleaved in one run;
-    goodput of stock vs the fast CRC check (separate process pair)."""
-    from benchmarks.run import median, ttnet_goodput
-    ctx = mp.get_context("spawn")
-    ws: list[Worker] = []
-    try:
-        a = Worker(ctx, variant_main, "var-A")
-        ws.append(a)
-        b = Worker(ctx, variant_main, "var-B")
-        ws.append(b)
-        names = a.info["variants"]
-        res: dict[str, list[float]] = {n: [] for n in names + ["udp"]}
-        if args.pin:
-            pa, pb = {"split": ([0], [1]), "same": ([0], [0])}[args.pin]
-            print("pinned: A ->", a.call("pin", pa), " B ->", b.call("pin", pb))
-
-        def udp(n: int) -> list[float]:
-            b.start("udp_echo", n + 10, 30.0)
-            x, _ = a.call("udp_ping", b.info["raw"], n, 64, 20.0, timeout=40.0)
-            b.finish(timeout=10.0)
-            return x
-        for n in names:
-            a.call("ttping", n, b.info[n], 30, 64, 20.0)
-        udp(30)
-        kinds = names + ["udp"]
-        per = args.pings // args.rounds
-        cpu: dict[str, float] = {n: 0.0 for n in kinds}
-        csw: dict[str, float] = {n: 0.0 for n in kinds}
-        for r in range(args.rounds):
-            k = r % len(kinds)
-            for kind in kinds[k:] + kinds[:k]:
-                c0 = a.call("cpu") + b.call("cpu")
-                s0 = a.call("ctxsw") + b.call("ctxsw")
-                if kind == "udp":
-                    res[kind] += udp(per)
-                else:
-                    x, lost, _ = a.call("ttping", kind, b.info[kind], per, 64, 30.0, timeout=60.0)
-                    res[kind] += x
-                cpu[kind] += a.call("cpu") + b.call("cpu") - c0
-                csw[kind] += a.call("ctxsw") + b.call("ctxsw") - s0
-        base = median(res["udp"]) * 1e6
-        print(f"latency, {per * args.rounds} samples each, interleaved in {args.rounds} rounds")
-        print(f"  {'variant':<20} {'one-way median us':>18} {'p90':>7} {'/ UDP RTT':>10} "
-              f"{'CPU us per one-way (A+B)':>25} {'ctx switches':>12}")
-        for kind in kinds:
-            xs = res[kind]
-            if kind == "udp":
-                print(f"  {'UDP ping-pong RTT':<20} {base:>18.1f} {sorted(xs)[int(.9 * len(xs))] * 1e6:>7.1f}"
-                      f" {'':>10} {cpu[kind] / len(xs) * 1e6:>25.1f} {csw[kind] / len(xs):>12.1f}"
-                      " (per RTT)")
-                continue
-            med = median(xs) * 5e5
-            print(f"  {kind[2:]:<20} {med:>18.1f} {sorted(xs)[int(.9 * len(xs))] * 5e5:>7.1f} "
-                  f"{med / base:>9.2f}x {cpu[kind] / (2 * len(xs)) * 1e6:>25.1f} "
-                  f"{csw[kind] / (2 * len(xs)):>12.1f}")
-    finally:
-        for w in ws:
-            w.stop()
-    if args.skip_goodput:
-        return
-    try:
-        ws = []
-        a = Worker(ctx, workers.node_main, "stock-A")
-        ws.append(a)
-        b = Worker(ctx, workers.node_main, "stock-B")
-        ws.append(b)
-        a2 = Worker(ctx, variant_crc_main, "crc-A")
-        ws.append(a2)
-        b2 = Worker(ctx, variant_crc_main, "crc-B")
-        ws.append(b2)
-        size = 10 * MiB
-        ttnet_goodput(a, b, "plain", MiB)
-        ttnet_goodput(a2, b2, "plain", MiB)
-        out: dict[str, list[float]] = {"stock": [], "fast_crc": [], "fast_crc+inline": []}
-        for rep in range(args.reps):
-            for kind in (("stock", "fast_crc", "fast_crc+inline") if rep % 2 == 0
-                         else ("fast_crc+inline", "fast_crc", "stock")):
-                if kind == "stock":
-                    out[kind].append(ttnet_goodput(a, b, "plain", size)["MBps"])
-                elif kind == "fast_crc":
-                    out[kind].append(ttnet_goodput(a2, b2, "plain", size)["MBps"])
-                else:
-                    out[kind].append(ttnet_goodput(a2, b2, "v:inline", size)["MBps"])
-        print(f"goodput 10 MiB, {args.reps} reps interleaved (median MB/s):")
-        for k, v in out.items():
-            print(f"  {k:<16} {median(v):7.1f}   runs: " + " ".join(f"{x:.1f}" for x in v))
-    finally:
-        for w in ws:
-            w.stop()
-
-
-def authfix(args: argparse.Namespace) -> None:
-    """Goodput of stock auth vs the prototype auth fixes, interleaved."""
-    from benchmarks.run import median, ttnet_goodput
-    ctx = mp.get_context("spawn")
-    ws: list[Worker] = []
-    size = args.size_mib * MiB
-    kinds = ["plain", "auth", "v:fast_auth", "v:open_in_dispatcher", "v:both",
-             "v:both+ack_first+rx64", "v:plain_ack_first+rx64", "v:plain_min_rto_20ms"]
-    try:
-        a = Worker(ctx, auth_variant_main, "af-A")
-        ws.append(a)
-        b = Worker(ctx, auth_variant_main, "af-B")
-        ws.append(b)
-        for k in kinds:
-            ttnet_goodput(a, b, k, MiB)
-        res: dict[str, list[float]] = {k: [] for k in kinds}
-        before = a.call("counters")
-        for rep in range(args.reps):
-            r = rep % len(kinds)
-            for k in kinds[r:] + kinds[:r]:
-                res[k].append(ttnet_goodput(a, b, k, size)["MBps"])
-        after = a.call("counters")
-        plain = median(res["plain"])
-        print(f"goodput {args.size_mib} MiB, {args.reps} reps interleaved:")
-        print(f"  {'interface':<24} {'median MB/s':>11} {'/ plain':>8}  sender rto_expired, "
-              "data_retransmitted")
-        for k in kinds:
-            d = {c: after[k].get(c, 0) - before[k].get(c, 0)
-                 for c in ("rto_expired", "data_retransmitted")}
-            print(f"  {k:<24} {median(res[k]):>11.1f} {median(res[k]) / plain:>7.2f}x  "
-                  f"{d['rto_expired']}, {d['data_retransmitted']}")
-    finally:
-        for w in ws:
-            w.stop()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -535,20 +336,9 @@ def main() -> int:
     p = sub.add_parser("auth")
     p.add_argument("--size-mib", type=int, default=10)
     p.add_argument("--reps", type=int, default=5)
-    p = sub.add_parser("authfix")
-    p.add_argument("--size-mib", type=int, default=10)
-    p.add_argument("--reps", type=int, default=9)
-    p = sub.add_parser("variants")
-    p.add_argument("--pings", type=int, default=600)
-    p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--skip-goodput", action="store_true")
-    p.add_argument("--pin", choices=("split", "same"),
-                   help="split: A on CPU 0, B on CPU 1; same: both on CPU 0")
     args = ap.parse_args()
     try:
-        {"latency": latency, "goodput": goodput, "auth": auth,
-         "variants": variants, "authfix": authfix}[args.what](args)
+        {"latency": latency, "goodput": goodput, "auth": auth}[args.what](args)
     except BenchError as exc:
         print(f"profile could not run: {exc}", file=sys.stderr)
         return 2

@@ -159,14 +159,14 @@ def cmd_simulate(args) -> int:
 
 def _print_verdict(verdict) -> None:
     if verdict is None:
-        print("  fidelity: outside the target (links under 5 ms)")
+        print("  fidelity: no flow in the target (every flow crosses a link under 5 ms)")
         return
     for p in verdict.failures:
         print(f"  fidelity FAIL: {p}")
     for p in verdict.explained:
         print(f"  fidelity within sampling error: {p}")
     if not verdict.violations and verdict.ok:
-        print("  fidelity: every flow within p50 +/-5% and p95 +/-10%")
+        print("  fidelity: every judged flow within p50 +/-5% and p95 +/-10%")
 
 
 def cmd_compare(args) -> int:

@@ -82,8 +82,10 @@ class EngineConfig:
     #: trips for every later message. 32 x 1217 B = 39 KB in flight is far
     #: below any socket buffer, so it cannot overrun a receiver either.
     min_cwnd: int = 32
-    #: Packets sent after a missing one, once acknowledged, mark it lost.
+    #: Packets sent after a missing one, once acknowledged, mark it lost
+    #: (raised per peer, up to max_reorder, when reordering is observed).
     dup_thresh: int = 3
+    max_reorder: int = 128
     #: A repeated REQ arriving this soon after our ACK_START is a network
     #: duplicate, not a retransmission (our REQ RTO is >= min_rto_s, and
     #: TTPython's is 100 ms): answering it would only make an ACK(0) that
@@ -155,6 +157,7 @@ class _Outgoing:
     state: bytearray
     sent_at: list[float]
     last_tx: list[int]
+    first_tx: list[int]
     retransmitted: bytearray
     started: bool = False
     req_count: int = 0
@@ -197,6 +200,11 @@ class _Peer:
     outgoing: dict[int, _Outgoing] = field(default_factory=dict)
     incoming: dict[int, _Incoming] = field(default_factory=dict)
     reserved: int = 0
+    #: Highest transmission number acknowledged, and how many later
+    #: transmissions may be acknowledged before a packet is presumed lost
+    #: (starts at dup_thresh, raised when the path is seen to reorder).
+    max_acked_tx: int = 0
+    reorder: int = 3
 
 
 class Engine:
@@ -245,7 +253,7 @@ class Engine:
             ensure=ensure, deadline=now + deadline_s,
             window=TTSlidingWindow(cfg.window_size, int(cfg.initial_rto_s * 1000),
                                    initializer=n),
-            state=bytearray(n), sent_at=[0.0] * n, last_tx=[0] * n,
+            state=bytearray(n), sent_at=[0.0] * n, last_tx=[0] * n, first_tx=[0] * n,
             retransmitted=bytearray(n), req_rto=peer.rtt.rto, req_first_at=now)
         peer.outgoing[mid] = out
         self._send_req(out, now)
@@ -386,7 +394,8 @@ class Engine:
             peer = _Peer(address,
                          RttEstimator(cfg.initial_rto_s, cfg.min_rto_s, cfg.max_rto_s),
                          CongestionWindow(initial=cfg.initial_cwnd, maximum=cfg.window_size,
-                                          minimum=min(cfg.min_cwnd, cfg.window_size)))
+                                          minimum=min(cfg.min_cwnd, cfg.window_size)),
+                         reorder=cfg.dup_thresh)
             self._peers[address] = peer
         return peer
 
@@ -493,6 +502,7 @@ class Engine:
                 return None
             idx = out.next_new
             out.next_new += 1
+            out.first_tx[idx] = self._tx + 1
         self._tx += 1
         state[idx] = _INFLIGHT
         out.last_tx[idx] = self._tx
@@ -567,6 +577,15 @@ class Engine:
             peer.inflight -= 1
         if not out.retransmitted[idx]:
             peer.rtt.sample(now - out.sent_at[idx])
+            self._observe_reordering(peer, out.last_tx[idx])
+        elif now - out.sent_at[idx] < 0.5 * (peer.rtt.min_rtt or 0.0):
+            # Acknowledged sooner than any round trip after the resend: the
+            # original arrived, only late. The resend was spurious; learn
+            # how far this path reorders.
+            self.counters["spurious_retransmit"] += 1
+            self._observe_reordering(peer, out.first_tx[idx])
+        if out.last_tx[idx] > peer.max_acked_tx:
+            peer.max_acked_tx = out.last_tx[idx]
         out.backoff = 1.0
         peer.cwnd.on_ack()
         if out.window.complete:
@@ -575,7 +594,7 @@ class Engine:
         # Fast retransmit: anything sent dup_thresh transmissions before the
         # packet just acknowledged and still unacknowledged is presumed lost.
         flight, state, last_tx = out.flight, out.state, out.last_tx
-        limit = last_tx[idx] - self.config.dup_thresh
+        limit = last_tx[idx] - peer.reorder
         lost_any = False
         while flight and flight[0][0] < limit:
             tx, i = flight.popleft()
@@ -586,6 +605,14 @@ class Engine:
             self.counters["fast_retransmit"] += 1
             srtt = peer.rtt.srtt if peer.rtt.srtt is not None else 0.0
             peer.cwnd.on_loss(now, srtt)
+
+    def _observe_reordering(self, peer: _Peer, tx: int) -> None:
+        """A packet sent as transmission ``tx`` was acknowledged after ones
+        sent later: raise the peer's fast-retransmit threshold to match, so
+        a reordering path stops triggering spurious retransmissions."""
+        degree = peer.max_acked_tx - tx
+        if degree >= peer.reorder:
+            peer.reorder = min(degree + 1, self.config.max_reorder)
 
     def _complete(self, out: _Outgoing) -> None:
         self._finish(out)

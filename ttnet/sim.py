@@ -134,10 +134,20 @@ class SimNetwork:
                 t += rng.uniform(-p.jitter_s, p.jitter_s)
                 t = max(t, at)
             if p.rate_bps:
-                start = max(t, st.free_at)
-                st.free_at = start + (len(data) + WIRE_OVERHEAD_BYTES) * 8 / p.rate_bps
-                t = st.free_at
-            target._arrive(data, src, t)
+                # Join the rate queue when the delayed packet reaches it, so
+                # the queue serves packets in the order jitter left them
+                # (as the emulator's qdisc does), not in the order sent.
+                ev = self.sim.timeout(max(0.0, t - self.sim.now))
+                ev.callbacks.append(lambda _e, st=st, data=data, target=target, src=src:
+                                    self._serialise(st, data, target, src))
+            else:
+                target._arrive(data, src, t)
+
+    def _serialise(self, st: _LinkState, data: bytes, target: "TTNetworkInterfaceSim",
+                   src: Hashable) -> None:
+        start = max(self.sim.now, st.free_at)
+        st.free_at = start + (len(data) + WIRE_OVERHEAD_BYTES) * 8 / st.params.rate_bps
+        target._arrive(data, src, st.free_at)
 
 
 class TTNetworkInterfaceSim:

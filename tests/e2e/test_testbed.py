@@ -146,3 +146,15 @@ def test_failed_run_leaves_nothing_behind(tmp_path):
         run_emulation(_topo("boom", LinkSpec(delay_s=0.01), [flow]), "docker",
                       results_root=tmp_path, extra_setup=boom)
     assert _leftovers() == []
+
+
+@pytest.mark.timeout(240)
+def test_topology_auth_key_authenticates_every_message(tmp_path):
+    flow = Flow("signed", "a", "b", sizes=(64, 5000), count=10, interval_s=0.05, ensure=True,
+                deadline_s=10)
+    topo = Topology(name="auth", ensembles=("a", "b"), default_link=LinkSpec(delay_s=0.005),
+                    flows=(flow,), seed=3, auth_key="k" * 32)
+    res, stats = _run(tmp_path, topo)
+    _assert_exactly_once(stats["signed"])
+    receiver = res.meta["counters"]["b"]
+    assert receiver["auth_ok"] == 10 and receiver.get("auth_bad_mac", 0) == 0
