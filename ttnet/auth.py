@@ -58,12 +58,24 @@ class Authenticator:
 
     def open(self, sealed: bytes, sender: Any = None) -> bytes | None:
         """The payload if authentic and fresh, else None (counted)."""
-        if len(sealed) < OVERHEAD or sealed[:4] != MAGIC:
+        return self.open_parts([sealed], sender)
+
+    def open_parts(self, parts: list[bytes], sender: Any = None) -> bytes | None:
+        """Like :meth:`open` for a message still in its packets: the MAC is
+        computed over the parts in place and only the payload is joined,
+        one copy instead of joining everything and slicing again."""
+        first = parts[0] if parts else b""
+        if len(first) < OVERHEAD and len(parts) > 1:
+            first = b"".join(parts)           # a peer with odd fragment sizes
+            parts = [first]
+        if len(first) < OVERHEAD or first[:4] != MAGIC:
             self.counters["auth_missing"] += 1
             return None
-        head, tag = sealed[:_HDR.size], sealed[_HDR.size:OVERHEAD]
+        head, tag = first[:_HDR.size], first[_HDR.size:OVERHEAD]
         mac = hmac.new(self._key, head, hashlib.sha256)
-        mac.update(memoryview(sealed)[OVERHEAD:])
+        mac.update(memoryview(first)[OVERHEAD:])
+        for part in parts[1:]:
+            mac.update(part)
         if not hmac.compare_digest(tag, mac.digest()):
             self.counters["auth_bad_mac"] += 1
             return None
@@ -78,7 +90,9 @@ class Authenticator:
             return None
         self._seen[nonce] = now + self.replay_window_s * 2
         self.counters["auth_ok"] += 1
-        return sealed[OVERHEAD:]
+        if len(parts) == 1:
+            return first[OVERHEAD:]
+        return b"".join([memoryview(first)[OVERHEAD:], *parts[1:]])
 
     def _expire(self, now: float) -> None:
         seen = self._seen

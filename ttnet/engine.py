@@ -119,6 +119,10 @@ class Delivered:
             self._parts = []
         return self._payload
 
+    def parts(self) -> list[bytes]:
+        """The packets' data in order (the joined payload once joined)."""
+        return [self._payload] if self._payload is not None else self._parts
+
     def __repr__(self) -> str:
         return f"Delivered({self.address!r}, {self.message_id:#x})"
 
@@ -158,6 +162,7 @@ class _Outgoing:
     sent_at: list[float]
     last_tx: list[int]
     first_tx: list[int]
+    fast_lost: bytearray
     retransmitted: bytearray
     started: bool = False
     req_count: int = 0
@@ -254,6 +259,7 @@ class Engine:
             window=TTSlidingWindow(cfg.window_size, int(cfg.initial_rto_s * 1000),
                                    initializer=n),
             state=bytearray(n), sent_at=[0.0] * n, last_tx=[0] * n, first_tx=[0] * n,
+            fast_lost=bytearray(n),
             retransmitted=bytearray(n), req_rto=peer.rtt.rto, req_first_at=now)
         peer.outgoing[mid] = out
         self._send_req(out, now)
@@ -494,7 +500,8 @@ class Engine:
             i = out.lost.popleft()
             if state[i] == _LOST:
                 idx = i
-                out.retransmitted[i] = 1
+                if out.retransmitted[i] < 255:   # resend count
+                    out.retransmitted[i] += 1
                 self.counters["data_retransmitted"] += 1
                 break
         if idx < 0:
@@ -552,17 +559,15 @@ class Engine:
             # a round trip after DATA 0. Taking an echo for an ack would end
             # a send whose packet 0 was lost, so anything ambiguous is an
             # echo: the worst case is one retransmission of packet 0.
-            if out.echo_budget > 0:
+            echo = out.echo_budget > 0
+            if echo:
                 out.echo_budget -= 1
-                self.counters["ack_start_echo_ignored"] += 1
-                return
-            if now - out.started_at < 4 * peer.rtt.mdev:
+            if echo or now - out.started_at < 4 * peer.rtt.mdev:
                 self.counters["ack_start_echo_ignored"] += 1
                 if out.state[0] == _INFLIGHT:
                     # Ambiguous, not necessarily lost: probe with DATA 0
-                    # now rather than after an RTO. At most one probe per
-                    # ACK(0), i.e. about one per round trip while the
-                    # window lasts.
+                    # now rather than after an RTO (which would resend the
+                    # whole flight). At most one probe per ACK(0).
                     self._mark_lost(out, peer, 0)
                 return
         if out.state[idx] == _UNSENT:
@@ -576,16 +581,20 @@ class Engine:
         if prev == _INFLIGHT:
             peer.inflight -= 1
         if not out.retransmitted[idx]:
+            # Only a never-resent packet says which transmission was acked.
             peer.rtt.sample(now - out.sent_at[idx])
-            self._observe_reordering(peer, out.last_tx[idx])
-        elif now - out.sent_at[idx] < 0.5 * (peer.rtt.min_rtt or 0.0):
-            # Acknowledged sooner than any round trip after the resend: the
-            # original arrived, only late. The resend was spurious; learn
-            # how far this path reorders.
+            if prev == _INFLIGHT:
+                self._observe_reordering(peer, out.last_tx[idx])
+            if out.last_tx[idx] > peer.max_acked_tx:
+                peer.max_acked_tx = out.last_tx[idx]
+        elif (out.retransmitted[idx] == 1 and out.fast_lost[idx]
+              and now - out.sent_at[idx] < 0.5 * (peer.rtt.min_rtt or 0.0)):
+            # Fast-retransmitted once, then acknowledged sooner than any
+            # round trip after the resend: the original arrived, only
+            # overtaken (with several resends the ack could be any of them).
+            # Learn how far this path reorders.
             self.counters["spurious_retransmit"] += 1
             self._observe_reordering(peer, out.first_tx[idx])
-        if out.last_tx[idx] > peer.max_acked_tx:
-            peer.max_acked_tx = out.last_tx[idx]
         out.backoff = 1.0
         peer.cwnd.on_ack()
         if out.window.complete:
@@ -600,6 +609,7 @@ class Engine:
             tx, i = flight.popleft()
             if state[i] == _INFLIGHT and last_tx[i] == tx:
                 self._mark_lost(out, peer, i)
+                out.fast_lost[i] = 1
                 lost_any = True
         if lost_any:
             self.counters["fast_retransmit"] += 1

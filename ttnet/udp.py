@@ -409,11 +409,12 @@ class TTNetworkInterfaceUDP:
     def _deliver(self, ev: Delivered) -> None:
         # Joining a large payload and checking its MAC happen here, off the
         # I/O thread (unless inline_callbacks), so ACKs keep flowing.
-        payload = ev.payload
         if self.authenticator is not None:
-            payload = self.authenticator.open(payload, ev.address)
+            payload = self.authenticator.open_parts(ev.parts(), ev.address)
             if payload is None:
                 return
+        else:
+            payload = ev.payload
         if self.receiver_function is not None:
             self.receiver_function(TTReceivedMessage(payload, ev.address))
 
