@@ -288,11 +288,23 @@ def test_quantile_band_shrinks_with_samples():
 def test_replication_range_explains_or_fails_a_violation():
     from testbed.compare import judge_fidelity
     emu = run_events({k: 0.100 + (k % 10) * 3e-3 for k in range(40)})           # p95 ~0.126
-    sim = run_events({k: 0.100 + (k % 10) * 1e-4 for k in range(400)})          # p95 ~0.1009
-    rows = compare(emu, sim)
-    wide = [flow_stats(run_events({k: 0.1 + (k % 10) * s for k in range(40)}))
-            for s in (1e-4, 1e-3, 2e-3, 3.2e-3, 4e-3)]                          # p95 0.101..0.134
-    narrow = [flow_stats(run_events({k: 0.1 + (k % 10) * 1e-4 for k in range(40)}))] * 5
-    assert judge_fidelity(rows, True, sim_replications=wide).ok
-    bad = judge_fidelity(rows, True, sim_replications=narrow)
-    assert not bad.ok and "replications" in bad.failures[0]
+
+    def judged(spreads):
+        reps = [{k: 0.1 + (k % 10) * s for k in range(40)} for s in spreads]
+        pooled = [e for r, lat in enumerate(reps)
+                  for e in run_events({r * 1000 + k: v for k, v in lat.items()})]
+        return judge_fidelity(compare(emu, pooled), True,
+                              sim_replications=[flow_stats(run_events(lat)) for lat in reps])
+
+    wide = judged((1e-4, 1e-3, 2e-3, 3.2e-3, 4e-3))         # one run's p95: 0.101..0.134
+    assert wide.violations and wide.ok
+    narrow = judged((1e-4,) * 5)                            # every run's p95: 0.1009
+    assert not narrow.ok and "replications" in narrow.failures[0]
+
+
+def test_value_beyond_every_simulated_latency_is_never_explained():
+    from testbed.compare import judge_fidelity
+    emu = run_events({k: (0.100 if k < 36 else 0.300) for k in range(40)})     # p95 in a 300 ms mode
+    sim = run_events({k: 0.100 + (k % 10) * 1e-4 for k in range(400)})         # model tops at 101 ms
+    verdict = judge_fidelity(compare(emu, sim), True)
+    assert not verdict.ok and "outside every simulated latency" in verdict.failures[0]
