@@ -275,6 +275,12 @@ def fidelity_check(rows: list[FlowComparison], min_delay_ok: bool,
 
 
 # --------------------------------------------------------------- sampling
+#: Scheduling stalls of the emulating host that the model does not have:
+#: with 20 containers and the NFQUEUE daemon on 2 cores, single messages
+#: were seen delayed by 2-5 ms (mesh-20 best-effort p95 18.2 ms where no
+#: simulated run exceeds 16.4 ms; a 20.4 ms probe maximum in a 15 ms
+#: uniform-jitter test). A value this close to the model's range is on it.
+HOST_NOISE_S = 0.0025
 #: How many standard errors of an empirical quantile's level still count as
 #: "the emulated value is a plausible sample of the simulated distribution".
 SAMPLING_Z = 2.0
@@ -359,19 +365,26 @@ def judge_fidelity(rows: list[FlowComparison], min_delay_ok: bool,
             # the value must also lie on latencies the model produces
             # (its pooled range, widened by the tolerance).
             lo_all, hi_all = min(row.sim.latencies), max(row.sim.latencies)
-            on_model = lo_all * (1 - tol) <= emu_v <= hi_all * (1 + tol)
-            explained = abs(level - q) <= band
+            in_tol = lo_all * (1 - tol) <= emu_v <= hi_all * (1 + tol)
+            on_model = in_tol or lo_all - HOST_NOISE_S <= emu_v <= hi_all + HOST_NOISE_S
+            reasons = []                       # statistical reasons first
+            if abs(level - q) <= band:
+                reasons.append("sampling error")
             if len(reps) >= 5:
                 lo, hi = min(reps), max(reps)
                 detail += (f"; one simulated run gives {fmt_ms(lo)}..{fmt_ms(hi)} ms "
                            f"over {len(reps)} replications")
-                explained = explained or lo <= emu_v <= hi
-            explained = explained and on_model
+                if lo <= emu_v <= hi:
+                    reasons.append("run-to-run variation")
+            explained = on_model and bool(reasons)
+            if on_model and not in_tol:
+                reasons.append(f"host noise (<= {HOST_NOISE_S * 1000:g} ms)")
             if not on_model:
                 detail += (f"; outside every simulated latency "
-                           f"({fmt_ms(lo_all)}..{fmt_ms(hi_all)} ms, +/-{tol * 100:g}%)")
+                           f"({fmt_ms(lo_all)}..{fmt_ms(hi_all)} ms, +/-{tol * 100:g}% or "
+                           f"{HOST_NOISE_S * 1000:g} ms of host noise)")
             if explained:
-                verdict.explained.append(text + detail + " (run-to-run variation: explained)")
+                verdict.explained.append(text + detail + f" (explained: {' + '.join(reasons)})")
             else:
                 verdict.failures.append(text + detail)
     return verdict
