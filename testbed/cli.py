@@ -164,7 +164,7 @@ def _print_verdict(verdict) -> None:
     for p in verdict.failures:
         print(f"  fidelity FAIL: {p}")
     for p in verdict.explained:
-        print(f"  fidelity within run-to-run variation: {p}")
+        print(f"  fidelity explained: {p}")
     if not verdict.violations and verdict.ok:
         print("  fidelity: every judged flow within p50 +/-5% and p95 +/-10%")
 

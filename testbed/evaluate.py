@@ -71,7 +71,7 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
         replications = [flow_stats(evs) for evs in by_rep.values()]
         verdict = judge_fidelity(judged, not floor, sim_replications=replications)
         notes += [f"fidelity FAIL: {p}" for p in verdict.failures]
-        notes += [f"fidelity outside tolerance but within run-to-run variation: {p}"
+        notes += [f"fidelity outside tolerance, explained: {p}"
                   for p in verdict.explained]
         if not verdict.violations and verdict.ok:
             notes.append("fidelity: every judged flow within p50 +/-5% and p95 +/-10%")
