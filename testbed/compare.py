@@ -371,10 +371,12 @@ def judge_fidelity(rows: list[FlowComparison], min_delay_ok: bool,
             if abs(level - q) <= band:
                 reasons.append("sampling error")
             if len(reps) >= 5:
+                # One emulated run against single simulated runs: within the
+                # range they span, with the same tolerance as the target.
                 lo, hi = min(reps), max(reps)
                 detail += (f"; one simulated run gives {fmt_ms(lo)}..{fmt_ms(hi)} ms "
                            f"over {len(reps)} replications")
-                if lo <= emu_v <= hi:
+                if lo * (1 - tol) <= emu_v <= hi * (1 + tol):
                     reasons.append("run-to-run variation")
             explained = on_model and bool(reasons)
             if on_model and not in_tol:

@@ -100,7 +100,7 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
 #: emulated run is one sample of a random process (which packets are lost);
 #: pooling replications makes the simulated distribution the model's own,
 #: not one more noisy sample of it.
-REPLICATIONS = 10
+REPLICATIONS = 20
 #: Replication r's message k is logged as msg r * MSG_STRIDE + k.
 MSG_STRIDE = 1_000_000
 
