@@ -165,6 +165,8 @@ def _print_verdict(verdict) -> None:
         print(f"  fidelity FAIL: {p}")
     for p in verdict.explained:
         print(f"  fidelity explained: {p}")
+    for p in verdict.undetermined:
+        print(f"  fidelity undetermined: {p}")
     if not verdict.violations and verdict.ok:
         print("  fidelity: every judged flow within p50 +/-5% and p95 +/-10%")
 

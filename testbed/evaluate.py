@@ -73,6 +73,8 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
         notes += [f"fidelity FAIL: {p}" for p in verdict.failures]
         notes += [f"fidelity outside tolerance, explained: {p}"
                   for p in verdict.explained]
+        notes += [f"fidelity outside tolerance, undetermined by one run: {p}"
+                  for p in verdict.undetermined]
         if not verdict.violations and verdict.ok:
             notes.append("fidelity: every judged flow within p50 +/-5% and p95 +/-10%")
     plots = plot_cdfs(rows, run_dir, title=topo.name)
