@@ -21,7 +21,6 @@ import io
 import multiprocessing as mp
 import os
 import pstats
-import queue
 import statistics
 import sys
 import threading

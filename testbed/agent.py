@@ -23,7 +23,6 @@ import argparse
 import heapq
 import json
 import logging
-import os
 import sys
 import threading
 import time

@@ -113,7 +113,8 @@ def cmd_up(args) -> int:
         for n, h in hosts.items():
             print(f"  {n:10s} {h.ip:15s} netns {h.netns_path}")
         say("holding; Ctrl-C (or `python -m testbed down --all` elsewhere) tears down")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM}) if args.hold else None
+        if args.hold:
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
     except KeyboardInterrupt:
         pass
     finally:

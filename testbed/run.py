@@ -15,10 +15,9 @@ import json
 import logging
 import os
 import platform
-import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 

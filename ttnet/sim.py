@@ -270,10 +270,5 @@ class TTNetworkInterfaceSim:
                     fn(message, ev.reason)
 
     def _deliver(self, ev: Delivered) -> None:
-        msg = TTReceivedMessage(ev.payload, ev.address)
         if self.receiver_function is not None:
-            self.receiver_function(msg)
-            return
-        ensemble = getattr(self, "ensemble", None)
-        if ensemble is not None:
-            ensemble.receive_network_message(msg.decode())
+            self.receiver_function(TTReceivedMessage(ev.payload, ev.address))

@@ -8,7 +8,6 @@ import os
 import pickle
 import random
 import socket
-import threading
 import time
 
 import pytest
@@ -21,24 +20,10 @@ from ttnet.engine import Engine, SendCompleted
 from ttnet.wire import (MAX_DATA, MAX_DATAGRAM, SEQ_MODULUS, TTAckPacket, TTDataPacket,
                         TTRequestPacket, encode_ack, encode_data, encode_req, packet_count)
 
+from inbox import Inbox  # tests/integration is on sys.path under pytest
+
 A, B = ("10.0.0.1", 9000), ("10.0.0.2", 9000)
 KEY = b"hostile-test-key-0123456789abcdef"
-
-
-class Inbox:
-    def __init__(self):
-        self.items = []
-        self.cond = threading.Condition()
-
-    def __call__(self, msg):
-        with self.cond:
-            self.items.append(msg)
-            self.cond.notify_all()
-
-    def wait_for(self, n, timeout=10.0):
-        with self.cond:
-            self.cond.wait_for(lambda: len(self.items) >= n, timeout)
-            return list(self.items)
 
 
 def wait_until(pred, timeout=5.0):
@@ -380,7 +365,7 @@ def test_correct_key_end_to_end_through_ttnetwork(udp_port):
             net.add_route("b", f"127.0.0.1:{pb}")
             assert net.send_message(net.create_message("b", {"from": net.ensemble_name}),
                                     ensure=True).wait(5)
-        got = inbox.wait_for(1)
+        inbox.wait_for(1)
         time.sleep(0.1)
         assert [b.decode(m) for m in inbox.items] == [{"from": "a"}]
         assert b.counters["auth_ok"] == 1 and b.counters["auth_bad_mac"] == 1

@@ -6,25 +6,10 @@ import time
 
 import pytest
 
-from ttnet import (EngineConfig, TTNetworkInterfaceUDP, TTNetworkMessageUDP,
-                   convert_to_packet, message)
+from ttnet import TTNetworkInterfaceUDP, TTNetworkMessageUDP, message
 from ttnet.wire import encode_data, encode_req
 
-
-class Inbox:
-    def __init__(self):
-        self.items = []
-        self.cond = threading.Condition()
-
-    def __call__(self, msg):
-        with self.cond:
-            self.items.append(msg)
-            self.cond.notify_all()
-
-    def wait_for(self, n, timeout=20.0):
-        with self.cond:
-            self.cond.wait_for(lambda: len(self.items) >= n, timeout)
-            return list(self.items)
+from inbox import Inbox
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 import os
 import pickle
-import subprocess
 
 import pytest
 
