@@ -1,6 +1,11 @@
 """``python -m testbed``: list | run | up | down | status | simulate | compare |
 calibrate | all.
 
+Exit codes: 0 everything passed; 1 a fidelity verdict FAILed, an agent
+failed (an ensure=True message did not arrive) or the end-to-end suite
+failed; 2 usage or setup errors (a bad topology, a run directory that is
+not an emulated run); 130 interrupted.
+
 Owns the user's view of the testbed: progress on long steps, the summary
 table after a run, the comparison table at the end. Everything it does is a
 call into run / simulate / compare; it holds no experiment logic.
@@ -15,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed.evaluate import compare_run
+from testbed.evaluate import NotAnEmulatedRun, compare_run
 from testbed.topology import TopologyError, find_topology, list_topologies, load_topology
 
 DEFAULT_TOPOLOGIES = ("pair", "star", "edge-cloud", "lossy", "mesh-20")
@@ -81,8 +86,10 @@ def cmd_run(args) -> int:
             rows, verdict, report = compare_run(res.run_dir)
             from testbed.compare import format_table
             print(format_table(rows))
-            _print_verdict(verdict)
+            _print_verdict(verdict, name)
             say(f"[{name}] report: {report}")
+            if verdict is not None and not verdict.ok:
+                code = 1
     return code
 
 
@@ -114,6 +121,9 @@ def cmd_up(args) -> int:
             print(f"  {n:10s} {h.ip:15s} netns {h.netns_path}")
         say("holding; Ctrl-C (or `python -m testbed down --all` elsewhere) tears down")
         if args.hold:
+            # Block them first: sigwait only takes signals that are blocked
+            # (unblocked, SIGTERM would kill us before `finally` runs).
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
     except KeyboardInterrupt:
         pass
@@ -158,18 +168,20 @@ def cmd_simulate(args) -> int:
     return 0
 
 
-def _print_verdict(verdict) -> None:
+def _print_verdict(verdict, name: str = "") -> None:
+    """The verdict first (PASS / FAIL / UNDETERMINED and the counts), then
+    every quantity that did not pass."""
+    label = f"[{name}] " if name else ""
     if verdict is None:
-        print("  fidelity: no flow in the target (every flow crosses a link under 5 ms)")
+        print(f"  {label}fidelity NOT JUDGED: no flow crosses links of at least 0.5 ms both ways")
         return
-    for p in verdict.failures:
-        print(f"  fidelity FAIL: {p}")
-    for p in verdict.explained:
-        print(f"  fidelity explained: {p}")
-    for p in verdict.undetermined:
-        print(f"  fidelity undetermined: {p}")
-    if not verdict.violations and verdict.ok:
-        print("  fidelity: every judged flow within p50 +/-5% and p95 +/-10%")
+    print(f"  {label}fidelity {verdict.outcome}: {verdict.counts()}")
+    for p in verdict.structural:
+        print(f"    FAIL {p}")
+    for j in verdict.failed:
+        print(f"    FAIL {j.describe()}")
+    for j in verdict.undetermined:
+        print(f"    UNDETERMINED {j.describe()}")
 
 
 def cmd_compare(args) -> int:
@@ -178,9 +190,10 @@ def cmd_compare(args) -> int:
     for run in args.run:
         rows, verdict, report = compare_run(Path(run))
         print(format_table(rows))
-        _print_verdict(verdict)
+        _print_verdict(verdict, Path(run).name)
         say(f"report: {report}")
-        code |= bool(verdict is not None and not verdict.ok and args.strict)
+        if verdict is not None and not verdict.ok:
+            code = 1
     return code
 
 
@@ -211,6 +224,7 @@ def cmd_all(args) -> int:
         res = run_emulation(topo, args.backend, results, progress=say)
         _summarise(res.run_dir)
         rows, verdict, report = compare_run(res.run_dir)
+        _print_verdict(verdict, name)
         summaries.append((name, res, rows, verdict, report))
     if not args.skip_e2e:
         say("end-to-end suite (tests/e2e)")
@@ -219,14 +233,35 @@ def cmd_all(args) -> int:
     else:
         rc = 0
     print()
+    code = 1 if rc else 0
     for name, res, rows, verdict, report in summaries:
         m = res.meta
         say(f"== {name}: backend {m.get('backend')}, impairments {m.get('impairment_engine')}, "
             f"up {m.get('up_s')}s, down {m.get('down_s')}s; report {report}")
         print(format_table(rows))
-        _print_verdict(verdict)
-    say(f"testbed finished in {time.monotonic() - t0:.0f}s")
-    return rc
+        _print_verdict(verdict, name)
+        if not res.ok:
+            say(f"[{name}] agents exited with {m.get('exit_codes')}; see {res.run_dir}/logs")
+            code = 1
+        if verdict is not None and not verdict.ok:
+            code = 1
+    print()
+    for name, res, rows, verdict, report in summaries:
+        outcome = "NOT JUDGED" if verdict is None else f"{verdict.outcome} ({verdict.counts()})"
+        say(f"fidelity {name}: {outcome}")
+    say(f"testbed finished in {time.monotonic() - t0:.0f}s: "
+        f"{'FAIL' if code else 'PASS'} (end-to-end suite exit code {rc})")
+    return code
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("simulate", help="run topologies in simpy")
     p.add_argument("topology", nargs="+")
-    p.add_argument("--host-cost", type=float, default=None, help="seconds per datagram")
+    p.add_argument("--host-cost", type=_non_negative, default=None,
+                   help="CPU seconds per datagram (default: the calibration's)")
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(fn=cmd_simulate)
     p = sub.add_parser("compare", help="emulated vs simulated for a run directory")
-    p.add_argument("run", nargs="+")
-    p.add_argument("--strict", action="store_true", help="exit 1 if fidelity fails")
+    p.add_argument("run", nargs="+", help="emulated run directories (results/<topology>/<run-id>)")
     p.set_defaults(fn=cmd_compare)
     p = sub.add_parser("calibrate", help="measure the per-datagram host cost")
     p.add_argument("--backend", choices=["docker", "netns"], default=None)
@@ -274,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return args.fn(args)
-    except TopologyError as exc:
+    except (TopologyError, NotAnEmulatedRun) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

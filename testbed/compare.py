@@ -8,11 +8,9 @@ events (and, for the delay floor check, a ``Topology``) from its caller.
 """
 from __future__ import annotations
 
-import bisect
 import logging
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -196,14 +194,53 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
     return path
 
 
+def verdict_lines(verdict: Any) -> list[str]:
+    """The fidelity verdict as Markdown: outcome and counts first, then
+    every FAIL and UNDETERMINED quantity, then a table of all judgements."""
+    if verdict is None:
+        return ["## Fidelity: not judged", "",
+                "No flow crosses links of at least 0.5 ms both ways.", ""]
+    tol = verdict.tolerances
+    lines = [f"## Fidelity: {verdict.outcome} ({verdict.counts()})", "",
+             f"Each quantity is judged at confidence 1 - {verdict.family_alpha:g}/m over the "
+             f"m judged quantities (z = {verdict.z:.2f}): p50 within "
+             f"+/-{tol.get('p50', 0) * 100:g}%, p95 within +/-{tol.get('p95', 0) * 100:g}%, "
+             f"best-effort delivery within +/-{tol.get('delivery_abs', 0):g} "
+             f"(or {tol.get('delivery_rel', 0) * 100:g}% of the smaller share). FAIL: the "
+             "emulated interval lies wholly outside the band; PASS: wholly inside; "
+             "UNDETERMINED: too few samples to tell.", ""]
+    for text in verdict.structural:
+        lines.append(f"- **FAIL** {text}")
+    for j in verdict.failed:
+        lines.append(f"- **FAIL** {j.describe()}")
+    for j in verdict.undetermined:
+        lines.append(f"- UNDETERMINED {j.describe()}")
+    lines += ["", "| flow | quantity | outcome | emulated | interval | simulated | band | n | deff |",
+              "|---|---|---|---:|---|---:|---|---:|---:|"]
+    for j in verdict.judgements:
+        def f(v, lat=j.quantity != "delivery"):
+            if v is None:
+                return "-"
+            return fmt_ms(v) if lat else f"{v:.4f}"
+        lo = "-inf" if j.emu_lo is None else f(j.emu_lo)
+        hi = "+inf" if j.emu_hi is None else f(j.emu_hi)
+        lines.append(f"| {j.flow} | {j.quantity}{' (ms)' if j.quantity != 'delivery' else ''} | "
+                     f"{j.outcome} | {f(j.emu)} | [{lo}, {hi}] | {f(j.sim)} | "
+                     f"[{f(j.band_lo)}, {f(j.band_hi)}] | {j.n_emu} | {j.deff:.1f} |")
+    return lines + [""]
+
+
 def write_report(run_dir: Path, rows: list[FlowComparison], plots: list[Path],
-                 notes: list[str], title: str | None = None) -> Path:
-    """Write ``run_dir/report.md``: notes, the comparison table and the plots
-    (linked relative to run_dir so the directory can be moved). Returns it."""
+                 notes: list[str], title: str | None = None, verdict: Any = None) -> Path:
+    """Write ``run_dir/report.md``: the fidelity verdict first (when given),
+    notes, the comparison table and the plots (linked relative to run_dir so
+    the directory can be moved). Returns it."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     report = run_dir / "report.md"
     lines = [f"# {title or 'Emulated vs simulated: ' + run_dir.name}", ""]
+    if verdict is not None or notes:
+        lines += verdict_lines(verdict)
     if notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
     lines += ["## Per-flow comparison", "",
@@ -223,7 +260,7 @@ def delay_floor_violations(topology: Topology, emu_events: Iterable[dict[str, An
                            slack_s: float = DELAY_FLOOR_SLACK_S) -> list[str]:
     """Flows whose fastest emulated message beat the link's configured delay
     (minus jitter and slack): proof the impairment was not applied. An empty
-    list means ``min_delay_ok`` for ``fidelity_check``."""
+    list means the impairment was applied."""
     problems = []
     by_name = {f.name: f for f in topology.flows}
     for name, fs in flow_stats(emu_events).items():
@@ -237,170 +274,3 @@ def delay_floor_violations(topology: Topology, emu_events: Iterable[dict[str, An
                             f"is below the {flow.src}->{flow.dst} link delay "
                             f"{link.delay_s * 1000:g} ms (jitter {link.jitter_s * 1000:g} ms)")
     return problems
-
-
-def fidelity_check(rows: list[FlowComparison], min_delay_ok: bool,
-                   p50_tol: float = 0.05, p95_tol: float = 0.10,
-                   ratio_tol: float | None = None) -> list[str]:
-    """Human-readable reasons the simulation does not match the emulation;
-    empty means it passes. p50/p95 tolerances bound |relative error|;
-    ``ratio_tol`` (off by default) bounds the absolute delivery-ratio gap,
-    which is noisy for small samples."""
-    problems = []
-    if not min_delay_ok:
-        problems.append("emulated latencies undercut the configured link delay: "
-                        "the impairment was not applied, so nothing else is comparable")
-    for row in rows:
-        if row.emu.sent == 0 or row.sim.sent == 0:
-            side = "emulation" if row.emu.sent == 0 else "simulation"
-            problems.append(f"{row.flow}: no messages sent in the {side}")
-            continue
-        if bool(row.emu.latencies) != bool(row.sim.latencies):
-            side = "emulation" if not row.emu.latencies else "simulation"
-            problems.append(f"{row.flow}: nothing delivered in the {side}")
-            continue
-        for metric, tol in (("p50", p50_tol), ("p95", p95_tol)):
-            err = row.error(metric)
-            if err is not None and abs(err) > tol:
-                problems.append(
-                    f"{row.flow}: {metric} simulated {fmt_ms(row.value('sim', metric))} ms "
-                    f"vs emulated {fmt_ms(row.value('emu', metric))} ms "
-                    f"({err * 100:+.1f}%, tolerance +/-{tol * 100:g}%)")
-        if ratio_tol is not None:
-            emu_r, sim_r = row.emu.delivery_ratio, row.sim.delivery_ratio
-            if emu_r is not None and sim_r is not None and abs(sim_r - emu_r) > ratio_tol:
-                problems.append(f"{row.flow}: delivery ratio simulated {sim_r:.3f} vs "
-                                f"emulated {emu_r:.3f} (tolerance +/-{ratio_tol:g})")
-    return problems
-
-
-# --------------------------------------------------------------- sampling
-#: Scheduling stalls of the emulating host that the model does not have:
-#: with 20 containers and the NFQUEUE daemon on 2 cores, single messages
-#: were seen delayed by 2-5 ms (mesh-20 best-effort p95 18.2 ms where no
-#: simulated run exceeds 16.4 ms; a 20.4 ms probe maximum in a 15 ms
-#: uniform-jitter test). A value this close to the model's range is on it.
-HOST_NOISE_S = 0.0025
-#: How many standard errors of an empirical quantile's level still count as
-#: "the emulated value is a plausible sample of the simulated distribution".
-SAMPLING_Z = 2.0
-
-
-def ecdf(values: list[float], x: float) -> float:
-    """Fraction of values <= x."""
-    if not values:
-        return float("nan")
-    return bisect.bisect_right(sorted(values), x) / len(values)
-
-
-def quantile_band(q: float, n: int, z: float = SAMPLING_Z) -> float:
-    """Half-width, in quantile level, of an empirical q-quantile from n
-    samples: z binomial standard errors plus one sample's step."""
-    return z * math.sqrt(q * (1 - q) / max(n, 1)) + 1 / max(n, 1)
-
-
-def family_z(comparisons: int, alpha: float = 0.05) -> float:
-    """z for a two-sided test at family-wise level alpha over this many
-    comparisons (Bonferroni): mesh-20 judges 120 percentiles, and at 95%
-    each, about six would look wrong by chance alone."""
-    from statistics import NormalDist
-    return max(SAMPLING_Z, NormalDist().inv_cdf(1 - alpha / (2 * max(comparisons, 1))))
-
-
-@dataclass
-class FidelityVerdict:
-    """``violations``: every p50/p95 outside tolerance (as fidelity_check).
-    ``explained``: those where the emulated value still lies at the right
-    quantile of the simulated distribution within sampling error -- the
-    latency distribution is steep or multi-modal there (each lost packet
-    adds a round trip), so a few samples move the percentile by a whole
-    mode. ``failures``: the rest, and anything structural; these fail."""
-
-    violations: list[str]
-    explained: list[str]
-    failures: list[str]
-    #: violations of a percentile that single simulated runs do not
-    #: reproduce within the tolerance either: one emulated run cannot be
-    #: held to it (reported, not failed, unless off the model's range)
-    undetermined: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-
-def judge_fidelity(rows: list[FlowComparison], min_delay_ok: bool,
-                   p50_tol: float = 0.05, p95_tol: float = 0.10,
-                   sim_replications: list[dict[str, FlowStats]] | None = None
-                   ) -> FidelityVerdict:
-    """Check p50/p95 per flow. A violation is *explained* when the emulated
-    value is what one run of the model could give: it lies within the range
-    of that statistic over the simulated replications (each replication is
-    one run, with the same correlations between messages as the emulated
-    run), or at the right quantile of the pooled simulated distribution
-    within binomial sampling error (z corrected for the number of
-    percentiles judged). Anything else fails."""
-    verdict = FidelityVerdict([], [], [])
-    if not min_delay_ok:
-        verdict.failures.append("emulated latencies undercut the configured link delay: "
-                                "the impairment was not applied")
-    z = family_z(2 * len(rows))
-    for row in rows:
-        if row.emu.sent == 0 or row.sim.sent == 0 or (
-                bool(row.emu.latencies) != bool(row.sim.latencies)):
-            verdict.failures += fidelity_check([row], True, p50_tol, p95_tol)
-            continue
-        for metric, q, tol in (("p50", 0.50, p50_tol), ("p95", 0.95, p95_tol)):
-            err = row.error(metric)
-            if err is None or abs(err) <= tol:
-                continue
-            emu_v, sim_v = row.value("emu", metric), row.value("sim", metric)
-            text = (f"{row.flow}: {metric} simulated {fmt_ms(sim_v)} ms vs emulated "
-                    f"{fmt_ms(emu_v)} ms ({err * 100:+.1f}%, tolerance +/-{tol * 100:g}%)")
-            verdict.violations.append(text)
-            level = ecdf(row.sim.latencies, emu_v)
-            band = quantile_band(q, len(row.emu.latencies), z)
-            detail = (f"; the emulated {metric} sits at the simulated distribution's "
-                      f"{level * 100:.1f}th percentile (+/-{band * 100:.1f} expected "
-                      f"from {len(row.emu.latencies)} samples)")
-            reps = [getattr(r[row.flow], metric) for r in (sim_replications or [])
-                    if row.flow in r and getattr(r[row.flow], metric) is not None]
-            # The quantile test saturates beyond the simulated extremes, so
-            # the value must also lie on latencies the model produces
-            # (its pooled range, widened by the tolerance).
-            lo_all, hi_all = min(row.sim.latencies), max(row.sim.latencies)
-            in_tol = lo_all * (1 - tol) <= emu_v <= hi_all * (1 + tol)
-            on_model = in_tol or lo_all - HOST_NOISE_S <= emu_v <= hi_all + HOST_NOISE_S
-            reasons = []                       # statistical reasons first
-            if abs(level - q) <= band:
-                reasons.append("sampling error")
-            if len(reps) >= 5:
-                # One emulated run against single simulated runs: within the
-                # range they span, with the same tolerance as the target.
-                lo, hi = min(reps), max(reps)
-                detail += (f"; one simulated run gives {fmt_ms(lo)}..{fmt_ms(hi)} ms "
-                           f"over {len(reps)} replications")
-                if lo * (1 - tol) <= emu_v <= hi * (1 + tol):
-                    reasons.append("run-to-run variation")
-            explained = on_model and bool(reasons)
-            if on_model and not in_tol:
-                reasons.append(f"host noise (<= {HOST_NOISE_S * 1000:g} ms)")
-            pooled = sim_v
-            unstable = (len(reps) >= 5 and pooled
-                        and (min(reps) < pooled * (1 - tol) or max(reps) > pooled * (1 + tol)))
-            if not explained and on_model and unstable:
-                verdict.undetermined.append(
-                    text + detail + f"; single simulated runs already vary "
-                    f"{(min(reps) / pooled - 1) * 100:+.0f}%..{(max(reps) / pooled - 1) * 100:+.0f}% "
-                    f"around the pooled {metric}, so one run cannot be held to "
-                    f"+/-{tol * 100:g}% (undetermined)")
-                continue
-            if not on_model:
-                detail += (f"; outside every simulated latency "
-                           f"({fmt_ms(lo_all)}..{fmt_ms(hi_all)} ms, +/-{tol * 100:g}% or "
-                           f"{HOST_NOISE_S * 1000:g} ms of host noise)")
-            if explained:
-                verdict.explained.append(text + detail + f" (explained: {' + '.join(reasons)})")
-            else:
-                verdict.failures.append(text + detail)
-    return verdict

@@ -1,49 +1,109 @@
 """Emulated run -> simulated baseline -> comparison, plots and report.md.
 
 Owns the last step of an experiment: given an emulated run directory,
-simulate the same topology into ``<run>/sim/`` (unless already there),
-compare per flow, judge fidelity where the target applies (links of at
-least 5 ms), draw CDFs and write ``report.md``. Never runs an emulation.
+simulate the same topology into ``<run>/sim/`` (unless a simulation made by
+the same model is already there), compare per flow, judge fidelity
+(:mod:`testbed.fidelity`) for every flow whose links both ways have at
+least 0.5 ms of delay, draw CDFs and write ``report.md``, which leads with
+the verdict. Never runs an emulation.
+
+The host model a run is judged with is pinned in the run directory
+(``calibration.json``) the first time it is compared, so the same run gets
+the same verdict whichever calibration is found beside it later.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from testbed.topology import load_topology
 
 if TYPE_CHECKING:
-    from testbed.compare import FidelityVerdict
+    from testbed.fidelity import Verdict
 
-#: The fidelity target applies to topologies whose links all have at least
-#: this much delay: below it, fixed host overheads dominate the latency.
-FIDELITY_MIN_DELAY_S = 0.005
+#: The fidelity target covers every link class from a LAN up: flows whose
+#: links both ways have at least this much delay are judged. Below it the
+#: latency is all host (scheduling, Python), which the model only sketches.
+FIDELITY_MIN_DELAY_S = 0.0005
+CALIBRATION_NAME = "calibration.json"
+
+
+class NotAnEmulatedRun(ValueError):
+    """compare was pointed at something that is not an emulated run."""
+
+
+def _sim_is_current(sim_dir: Path, host_key: dict, replications: int, topo_yaml: str) -> bool:
+    from testbed.simulate import model_version
+    try:
+        meta = json.loads((sim_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return ((sim_dir / "events-sim.jsonl").exists()
+            and meta.get("host_model") == host_key
+            and meta.get("replications") == replications
+            and meta.get("model_version") == model_version()
+            and (sim_dir / "topology.yaml").exists()
+            and (sim_dir / "topology.yaml").read_text() == topo_yaml)
+
+
+def run_calibration(run_dir: Path, calibration: dict | None) -> tuple[dict | None, str]:
+    """The calibration to judge ``run_dir`` with, and where it came from:
+    an explicit one (then pinned), the one pinned in the run, or the one
+    under the results root (then pinned)."""
+    from testbed.simulate import load_calibration
+    pinned = run_dir / CALIBRATION_NAME
+    if calibration is not None:
+        where = "given"
+    elif pinned.exists():
+        return json.loads(pinned.read_text()), "pinned in the run"
+    else:
+        calibration = load_calibration(run_dir.parent.parent)
+        where = "results root" if calibration is not None else "none (default host model)"
+    if calibration is not None:
+        pinned.write_text(json.dumps(calibration, indent=1))
+    return calibration, where
 
 
 def compare_run(run_dir: Path, simulate_if_missing: bool = True,
-                calibration: dict | None = None) -> tuple[list, "FidelityVerdict | None", Path]:
-    """Simulate (into run_dir/sim) if needed, compare, plot, write report.md.
+                calibration: dict | None = None,
+                replications: int | None = None) -> tuple[list, "Verdict | None", Path]:
+    """Simulate (into run_dir/sim) if needed, compare, judge, plot, write
+    report.md. Returns (rows, verdict, report); the verdict is None when no
+    flow is in the fidelity target.
 
-    Returns (rows, verdict, report). The verdict (compare.judge_fidelity)
-    covers the flows whose links both ways have at least 5 ms of delay; it
-    is None when no flow does."""
-    from testbed.compare import (compare, delay_floor_violations, judge_fidelity,
-                                 plot_cdfs, write_report)
-    from testbed.simulate import run_simulation
+    Raises NotAnEmulatedRun for a simulated run directory or a directory
+    without an emulated run's files."""
+    from testbed.compare import compare, delay_floor_violations, plot_cdfs, write_report
+    from testbed.fidelity import judge
+    from testbed.simulate import REPLICATIONS, HostModel, run_simulation
     from testbed.stats import flow_stats, load_events
 
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "meta.json"
+    if not (run_dir / "topology.yaml").exists() or not meta_path.exists():
+        raise NotAnEmulatedRun(f"{run_dir} is not a run directory (no topology.yaml and "
+                               "meta.json); pass results/<topology>/<run-id>")
+    emu_meta = json.loads(meta_path.read_text())
+    if emu_meta.get("kind") == "simulated" or emu_meta.get("backend") == "sim":
+        raise NotAnEmulatedRun(f"{run_dir} is a simulated run: compare judges an emulated "
+                               "run against its simulation; pass the emulated run directory")
+    replications = replications or REPLICATIONS
     topo = load_topology(run_dir / "topology.yaml")
+    calibration, cal_source = run_calibration(run_dir, calibration)
+    host = HostModel.from_calibration(calibration)
     sim_dir = run_dir / "sim"
-    if not (sim_dir / "events-sim.jsonl").exists():
+    if not _sim_is_current(sim_dir, host.key(), replications,
+                           (run_dir / "topology.yaml").read_text()):
         if not simulate_if_missing:
-            raise FileNotFoundError(f"{sim_dir} has no simulation; run `python -m testbed simulate`")
-        run_simulation(topo, out_dir=sim_dir, calibration=calibration,
-                       results_root=run_dir.parent.parent)
+            raise FileNotFoundError(f"{sim_dir} has no current simulation; "
+                                    "run `python -m testbed compare` to make it")
+        shutil.rmtree(sim_dir, ignore_errors=True)
+        run_simulation(topo, out_dir=sim_dir, host=host, replications=replications)
     emu, sim = load_events(run_dir), load_events(sim_dir)
     rows = compare(emu, sim)
     sim_meta = json.loads((sim_dir / "meta.json").read_text())
-    emu_meta = json.loads((run_dir / "meta.json").read_text()) if (run_dir / "meta.json").exists() else {}
     floor = delay_floor_violations(topo, emu)
     by_name = {f.name: f for f in topo.flows}
 
@@ -53,30 +113,44 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
         return f is not None and min(topo.link(f.src, f.dst).delay_s,
                                      topo.link(f.dst, f.src).delay_s) >= FIDELITY_MIN_DELAY_S
 
+    cal_backend = (calibration or {}).get("backend")
     notes = [f"emulated on {emu_meta.get('backend', '?')} with impairments via "
-             f"{emu_meta.get('impairment_engine', '?')}; simulated with host cost "
-             f"{sim_meta['host_cost_s'] * 1e6:.1f} us/datagram + {sim_meta.get('hop_latency_s', 0) * 1e6:.0f} us/hop "
-             f"({sim_meta['host_cost']['source']}), {sim_meta.get('replications', 1)} replications, "
-             f"{sim_meta.get('speedup_span')}x faster than real time"]
+             f"{emu_meta.get('impairment_engine', '?')}; simulated with host model "
+             f"{host.host_cost_s * 1e6:.1f} us CPU/datagram + {host.hop_latency_s * 1e6:.0f} us/hop"
+             f"{' (+ measured spread)' if host.hop_noise_s else ''} "
+             f"({host.source}, calibration: {cal_source}), {sim_meta.get('replications', 1)} "
+             f"replications, {sim_meta.get('speedup_span')}x faster than real time"]
+    if cal_backend and cal_backend != emu_meta.get("backend"):
+        notes.append(f"the calibration was measured on {cal_backend}, the run on "
+                     f"{emu_meta.get('backend')}: recalibrate on the run's backend")
     notes += floor
     judged = [r for r in rows if in_target(r.flow)]
     skipped = sorted(r.flow for r in rows if not in_target(r.flow))
     verdict = None
     if skipped:
-        notes.append(f"outside the fidelity target (a link under 5 ms): {', '.join(skipped)}")
+        notes.append(f"not judged (a link under {FIDELITY_MIN_DELAY_S * 1000:g} ms): "
+                     f"{', '.join(skipped)}")
     if judged:
         by_rep: dict[int, list[dict]] = {}
         for e in sim:
             by_rep.setdefault(e.get("replication", 0), []).append(e)
-        replications = [flow_stats(evs) for evs in by_rep.values()]
-        verdict = judge_fidelity(judged, not floor, sim_replications=replications)
-        notes += [f"fidelity FAIL: {p}" for p in verdict.failures]
-        notes += [f"fidelity outside tolerance, explained: {p}"
-                  for p in verdict.explained]
-        notes += [f"fidelity outside tolerance, undetermined by one run: {p}"
-                  for p in verdict.undetermined]
-        if not verdict.violations and verdict.ok:
-            notes.append("fidelity: every judged flow within p50 +/-5% and p95 +/-10%")
+        replicated = [flow_stats(evs) for evs in by_rep.values()]
+        structural = [f"impairment not applied: {p}" for p in floor]
+        verdict = judge(judged, replicated, structural)
     plots = plot_cdfs(rows, run_dir, title=topo.name)
-    report = write_report(run_dir, rows, plots, notes, title=f"{topo.name}: emulated vs simulated")
+    report = write_report(run_dir, rows, plots, notes, verdict=verdict,
+                          title=f"{topo.name}: emulated vs simulated")
+    (run_dir / "verdict.json").write_text(json.dumps(
+        verdict_summary(verdict), indent=1, sort_keys=True))
     return rows, verdict, report
+
+
+def verdict_summary(verdict: "Verdict | None") -> dict:
+    """The verdict as plain data (``verdict.json`` beside the report)."""
+    if verdict is None:
+        return {"outcome": "NOT JUDGED", "judgements": []}
+    return {"outcome": verdict.outcome, "z": verdict.z, "family_alpha": verdict.family_alpha,
+            "tolerances": verdict.tolerances, "structural": verdict.structural,
+            "counts": {"pass": len(verdict.passed), "fail": len(verdict.failed),
+                       "undetermined": len(verdict.undetermined)},
+            "judgements": [vars(j) for j in verdict.judgements]}

@@ -4,7 +4,8 @@ Owns the order of a run and its results directory
 ``results/<topology>/<run-id>/``: ``topology.yaml`` (the validated model),
 ``plan.json`` and ``go.json`` (what agents read), ``events-*.jsonl`` (what
 agents wrote), ``meta.json`` (backend, impairment engine, versions, kernel,
-timings, agent exit codes and counters) and ``logs/``.
+timings, agent exit codes, counters and outcomes -- what became of each
+ensemble's own messages, see :mod:`testbed.agent`) and ``logs/``.
 
 Must never: leave a container, network, namespace, iptables rule or
 process behind -- on success, failure or Ctrl-C, ``down`` runs.
@@ -45,7 +46,16 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
+        """Every agent exited 0 (see :mod:`testbed.agent` for the codes)."""
         return all(code == 0 for code in self.meta.get("exit_codes", {}).values())
+
+    @property
+    def ensure_failures(self) -> int:
+        """ensure=True messages that failed, were unresolved at the end time
+        or were never sent, over all ensembles. An agent that left no
+        outcome counts every ensure=True message it sources."""
+        return sum(int(o.get("ensure_failures", 0))
+                   for o in self.meta.get("outcomes", {}).values())
 
 
 def new_run_id() -> str:
@@ -154,6 +164,7 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
         backend.down()
         meta["down_s"] = round(time.monotonic() - t1, 3)
         meta["counters"] = _read_counters(run_dir, topology)
+        meta["outcomes"] = _read_outcomes(run_dir, topology)
         meta["finished"] = time.time()
         _write_json_atomic(run_dir / "meta.json", meta)
         say(f"[{topology.name}] down in {meta['down_s']:.1f}s")
@@ -181,4 +192,23 @@ def _read_counters(run_dir: Path, topology: Topology) -> dict:
                 out[e] = json.loads(p.read_text())
             except ValueError:
                 out[e] = {"unreadable": 1}
+    return out
+
+
+def _read_outcomes(run_dir: Path, topology: Topology) -> dict:
+    """Each agent's ``outcome-<name>.json``. An agent that left none, or an
+    unreadable one (it crashed, never got the go signal, the run was
+    aborted), gets ``{"missing": True}`` with every ensure=True message it
+    sources counted in ``ensure_failures``: nothing says they arrived."""
+    out = {}
+    for e in topology.ensembles:
+        try:
+            got = json.loads((run_dir / f"outcome-{e}.json").read_text())
+        except (OSError, ValueError):
+            got = None
+        if isinstance(got, dict) and isinstance(got.get("ensure_failures"), int):
+            out[e] = got
+        else:
+            ensure = sum(f.count for f in topology.flows if f.src == e and f.ensure)
+            out[e] = {"ensemble": e, "missing": True, "ensure_failures": ensure}
     return out

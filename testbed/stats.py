@@ -17,6 +17,7 @@ Definitions (docs/topologies.md repeats them):
 """
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 EVENT_KINDS = ("send", "deliver", "complete", "fail")
 EVENT_GLOB = "events*.jsonl"
+#: Recorded runs kept as test data are compressed.
+EVENT_GLOB_GZ = "events*.jsonl.gz"
 
 
 @dataclass
@@ -53,13 +56,15 @@ def _valid(obj: Any) -> bool:
 
 
 def load_run(run_dir: Path) -> LoadedEvents:
-    """All events of a run directory (every ``events*.jsonl`` in it), or of a
-    single .jsonl file. Malformed lines are skipped, counted and logged."""
+    """All events of a run directory (every ``events*.jsonl`` in it, or
+    ``events*.jsonl.gz``), or of a single such file. Malformed lines are skipped, counted and logged."""
     run_dir = Path(run_dir)
-    files = [run_dir] if run_dir.is_file() else sorted(run_dir.glob(EVENT_GLOB))
+    files = [run_dir] if run_dir.is_file() else sorted(
+        list(run_dir.glob(EVENT_GLOB)) + list(run_dir.glob(EVENT_GLOB_GZ)))
     loaded = LoadedEvents(events=[], files=files)
     for path in files:
-        with path.open(encoding="utf-8", errors="replace") as fh:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
             for lineno, line in enumerate(fh, 1):
                 if not line.strip():
                     continue

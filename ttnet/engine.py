@@ -58,6 +58,9 @@ class EngineConfig:
     initial_rto_s: float = 0.1       # TTPython's timeout_ms default
     min_rto_s: float = 0.005
     max_rto_s: float = 2.0
+    #: Multiplies every computed retransmission timeout. 1 is RFC 6298;
+    #: the simulator's fidelity tests use other values as a wrong model.
+    rto_scale: float = 1.0
     #: ensure=True sends give up (and report failure) after this long.
     send_deadline_s: float = 30.0
     #: ensure=False sends REQ once; they are abandoned after this long.
@@ -398,7 +401,8 @@ class Engine:
         if peer is None:
             cfg = self.config
             peer = _Peer(address,
-                         RttEstimator(cfg.initial_rto_s, cfg.min_rto_s, cfg.max_rto_s),
+                         RttEstimator(cfg.initial_rto_s, cfg.min_rto_s, cfg.max_rto_s,
+                                      cfg.rto_scale),
                          CongestionWindow(initial=cfg.initial_cwnd, maximum=cfg.window_size,
                                           minimum=min(cfg.min_cwnd, cfg.window_size)),
                          reorder=cfg.dup_thresh)

@@ -19,6 +19,8 @@ class RttEstimator:
     initial_rto_s: float = 0.1
     min_rto_s: float = 0.005
     max_rto_s: float = 2.0
+    #: multiplies the computed timeout (1: RFC 6298); a model knob
+    scale: float = 1.0
     srtt: float | None = None
     rttvar: float = 0.0
     min_rtt: float | None = None

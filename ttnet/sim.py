@@ -12,7 +12,7 @@ Two modes:
 
 Model order per datagram, matching the emulator (NFQUEUE on the sender's
 OUTPUT hook, then the egress qdisc): host CPU -> loss -> delay (+ the
-fixed hop latency) + jitter
+host's per-hop latency, a calibrated distribution) + jitter
 (uniform in [-jitter, +jitter], clipped at 0; packets may reorder) -> rate
 FIFO (Ethernet+IP+UDP overhead counted) -> receiver host CPU.
 
@@ -73,6 +73,10 @@ class TTNetworkMessageSim:
 class _LinkState:
     params: LinkParams
     free_at: float = 0.0
+    #: latest arrival so far from the host's per-hop spread: that spread
+    #: delays a datagram but never reorders it (the host path is FIFO;
+    #: only a link's configured jitter reorders)
+    fifo_at: float = 0.0
 
 
 class SimNetwork:
@@ -80,7 +84,8 @@ class SimNetwork:
 
     def __init__(self, sim: Any, default: LinkParams | None = None,
                  links: dict[tuple[Hashable, Hashable], LinkParams] | None = None,
-                 seed: int = 1, host_cost_s: float = 0.0, hop_latency_s: float = 0.0) -> None:
+                 seed: int = 1, host_cost_s: float = 0.0, hop_latency_s: float = 0.0,
+                 hop_noise_s: "list[float] | tuple[float, ...]" = ()) -> None:
         self.sim = sim
         self.default = default or LinkParams()
         self._params = dict(links or {})
@@ -91,6 +96,12 @@ class SimNetwork:
         #: Fixed extra latency of every datagram that does not occupy a CPU
         #: (wake-ups, an NFQUEUE pass): added in flight, not serialised.
         self.hop_latency_s = hop_latency_s
+        #: The spread around it: quantiles (at evenly spaced levels 0..1) of
+        #: a per-datagram latency added on top, drawn by inverse transform
+        #: from an RNG of its own, so the same seed loses the same packets
+        #: with or without it. Empty: no spread.
+        self.hop_noise_s = tuple(sorted(hop_noise_s))
+        self._noise_rng = random.Random(seed ^ 0x6E6F6973)
         self.hosts: dict[Hashable, "TTNetworkInterfaceSim"] = {}
         self.dropped = 0
         self.duplicated = 0
@@ -130,6 +141,9 @@ class SimNetwork:
                 b[rng.randrange(len(b))] ^= 0xFF
                 data = bytes(b)
             t = at + p.delay_s + self.hop_latency_s
+            if self.hop_noise_s:
+                t = max(at, t + self._draw_noise(), st.fifo_at)
+                st.fifo_at = t
             if p.jitter_s:
                 t += rng.uniform(-p.jitter_s, p.jitter_s)
                 t = max(t, at)
@@ -142,6 +156,14 @@ class SimNetwork:
                                     self._serialise(st, data, target, src))
             else:
                 target._arrive(data, src, t)
+
+    def _draw_noise(self) -> float:
+        q = self.hop_noise_s
+        if len(q) == 1:
+            return q[0]
+        u = self._noise_rng.random() * (len(q) - 1)
+        i = int(u)
+        return q[i] + (q[i + 1] - q[i]) * (u - i)
 
     def _serialise(self, st: _LinkState, data: bytes, target: "TTNetworkInterfaceSim",
                    src: Hashable) -> None:

@@ -21,6 +21,8 @@ def _topo(name, link, flows, seed=3):
 def _run(tmp_path, topo, backend="docker", **kw):
     res = run_emulation(topo, backend, results_root=tmp_path, **kw)
     assert res.ok, f"agents failed: {res.meta.get('exit_codes')}; logs in {res.run_dir}/logs"
+    # Every flow these tests run with ensure=True must arrive (agents' outcomes).
+    assert res.ensure_failures == 0, f"ensure=True messages lost: {res.meta.get('outcomes')}"
     return res, flow_stats(load_events(res.run_dir))
 
 

@@ -264,8 +264,8 @@ def test_shipped_topology_is_valid_short_and_round_trips(name):
     last_send = max(f.start_s + f.interval_s * (f.count - 1) for f in t.flows)
     assert last_send <= 30, "keeps make testbed within its time budget"
     assert t.expected_duration_s() <= 60
-    # Bursts are few by design; every other flow has enough messages for a p95.
-    assert all(f.count >= 40 for f in t.flows if "burst" not in f.name)
+    # Enough messages for the fidelity verdict to bound a p95 interval.
+    assert all(f.count >= 100 for f in t.flows)
     assert load_topology_text(topology_to_yaml(t), f"{name}.yaml") == t
 
 
@@ -279,7 +279,7 @@ def test_shipped_topologies_have_the_promised_links():
                                                 loss=0.02, rate_bps=10e6)
     mesh = load_topology(TOPO_DIR / "mesh-20.yaml")
     assert mesh.ensembles == tuple(f"e{i}" for i in range(20))
-    assert all(sum(f.src == e for f in mesh.flows) == 3 for e in mesh.ensembles)
+    assert all(sum(f.src == e for f in mesh.flows) == 2 for e in mesh.ensembles)
     lossy = load_topology(TOPO_DIR / "lossy.yaml")
     assert lossy.default_link.loss == 0.2
 
