@@ -1,6 +1,6 @@
 """The TTPython UDP wire format: packet types, encoding, decoding, CRC.
 
-Owns the bytes of ``../shared/wire-format.md`` and nothing else: pure
+Owns the bytes of ``docs/wire-format.md`` and nothing else: pure
 functions and small value classes. It never keeps state between datagrams,
 never reads a clock, and only touches a socket in the TTPython-compatible
 ``TTPacket.send`` helper.
