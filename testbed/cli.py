@@ -197,13 +197,63 @@ def cmd_compare(args) -> int:
     return code
 
 
+def _host_model(results: Path, run_dir: Path | None = None):
+    from testbed.simulate import HostModel, load_calibration
+    info = None
+    if run_dir is not None and (run_dir / "calibration.json").exists():
+        info = json.loads((run_dir / "calibration.json").read_text())
+    return HostModel.from_calibration(info or load_calibration(results))
+
+
+def cmd_power(args) -> int:
+    """Judge a recorded emulated run against the faithful model and every
+    mutation of testbed.power: which wrong models would the verdict catch?"""
+    from testbed.power import power_table
+    from testbed.stats import flow_stats, load_events
+    run_dir = Path(args.run)
+    if not (run_dir / "topology.yaml").exists():
+        raise NotAnEmulatedRun(f"{run_dir} is not a run directory (no topology.yaml)")
+    topo = load_topology(run_dir / "topology.yaml")
+    host = _host_model(Path(args.results), run_dir)
+    emu = flow_stats(load_events(run_dir))
+    code = 0
+    for name, verdict in power_table(emu, topo, host, replications=args.replications):
+        if verdict is None:
+            print(f"{name:20s} (changes nothing in this topology)")
+            continue
+        caught = [f"{j.flow} {j.quantity}" for j in verdict.failed] + verdict.structural
+        print(f"{name:20s} {verdict.outcome:12s} {verdict.counts()}"
+              + (f"; caught by {', '.join(caught[:4])}{' ...' if len(caught) > 4 else ''}"
+                 if caught and name != "faithful" else ""))
+        wrong = (name == "faithful") == (not verdict.ok)
+        code |= int(wrong)
+    return code
+
+
+def cmd_false_alarms(args) -> int:
+    """Judge fresh simulated runs of the faithful model against the baseline."""
+    from collections import Counter
+
+    from testbed.power import null_trials
+    topo = _load(args.topology)
+    verdicts = null_trials(topo, _host_model(Path(args.results)), args.trials,
+                           replications=args.replications)
+    outcomes = Counter(v.outcome for v in verdicts)
+    print(f"{topo.name}: {args.trials} faithful runs: " +
+          ", ".join(f"{outcomes[o]} {o}" for o in ("PASS", "FAIL", "UNDETERMINED")))
+    for (flow, q), n in sorted(Counter((j.flow, j.quantity) for v in verdicts
+                                       for j in v.judgements if j.outcome != "PASS").items()):
+        print(f"  {flow} {q}: not PASS in {n} of {args.trials}")
+    return 1 if outcomes["FAIL"] else 0
+
+
 def cmd_calibrate(args) -> int:
     from testbed.calibrate import calibrate
     info = calibrate(args.backend, Path(args.results), progress=say)
-    say(f"host cost {info['host_cost_s'] * 1e6:.1f} us/datagram, hop latency "
-        f"{info['hop_latency_s'] * 1e6:.0f} us (emulated medians: bulk "
-        f"{info['measured_bulk_median_s'] * 1000:.2f} ms, small "
-        f"{info['measured_small_median_s'] * 1000:.2f} ms) -> {Path(args.results) / 'calibration.json'}")
+    say(f"host cost {info['host_cost_s'] * 1e6:.1f} us CPU/datagram; hop latency "
+        f"{info['hop_latency_s'] * 1e6:.0f} us "
+        f"(emulated bulk median {info['measured_bulk_median_s'] * 1000:.2f} ms); emulator "
+        f"capacity {info['capacity_pps']:.0f} datagrams/s -> {Path(args.results) / 'calibration.json'}")
     return 0
 
 
@@ -295,7 +345,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("compare", help="emulated vs simulated for a run directory")
     p.add_argument("run", nargs="+", help="emulated run directories (results/<topology>/<run-id>)")
     p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("calibrate", help="measure the per-datagram host cost")
+    p = sub.add_parser("power", help="judge a recorded run against deliberately wrong models")
+    p.add_argument("run", help="an emulated run directory")
+    p.add_argument("--replications", type=int, default=10)
+    p.set_defaults(fn=cmd_power)
+    p = sub.add_parser("false-alarms",
+                       help="judge simulated runs of the faithful model (false-alarm rate)")
+    p.add_argument("topology")
+    p.add_argument("--trials", type=int, default=10)
+    p.add_argument("--replications", type=int, default=20)
+    p.set_defaults(fn=cmd_false_alarms)
+    p = sub.add_parser("calibrate", help="measure the host model (latency spread, CPU cost)")
     p.add_argument("--backend", choices=["docker", "netns"], default=None)
     p.set_defaults(fn=cmd_calibrate)
     p = sub.add_parser("all", help="what `make testbed` does")

@@ -123,6 +123,7 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
     if cal_backend and cal_backend != emu_meta.get("backend"):
         notes.append(f"the calibration was measured on {cal_backend}, the run on "
                      f"{emu_meta.get('backend')}: recalibrate on the run's backend")
+    notes += load_notes(emu_meta, calibration)
     notes += floor
     judged = [r for r in rows if in_target(r.flow)]
     skipped = sorted(r.flow for r in rows if not in_target(r.flow))
@@ -143,6 +144,34 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
     (run_dir / "verdict.json").write_text(json.dumps(
         verdict_summary(verdict), indent=1, sort_keys=True))
     return rows, verdict, report
+
+
+#: Above this share of the emulator's measured capacity, queueing inside the
+#: emulator itself (the NFQUEUE daemon, the hosts' two cores) starts to show
+#: in latencies: the report warns.
+CAPACITY_WARN_SHARE = 0.5
+
+
+def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
+    """How hard the run drove the emulator, against the capacity measured
+    at calibration (datagrams/s through the impairment engine while one
+    CPU-bound bulk transfer ran)."""
+    links = (emu_meta.get("impair_stats") or {}).get("links") or {}
+    run_s = emu_meta.get("run_s") or 0
+    if not links or run_s <= 0:
+        return []
+    total = sum(v.get("seen", 0) for v in links.values()) / run_s
+    busiest, seen = max(((k, v.get("seen", 0)) for k, v in links.items()), key=lambda kv: kv[1])
+    text = (f"emulator load: {total:.0f} datagrams/s on average through the impairment engine "
+            f"over the run, busiest link {busiest} at {seen / run_s:.0f}/s")
+    cap = (calibration or {}).get("capacity_pps")
+    if not cap:
+        return [text + " (no capacity measured: recalibrate)"]
+    text += f"; measured capacity {cap:.0f} datagrams/s ({total / cap * 100:.0f}% of it)"
+    if total > CAPACITY_WARN_SHARE * cap:
+        text += (". WARNING: above half the emulator's capacity, its own queueing shows in "
+                 "latencies; spread the flows or use a bigger machine")
+    return [text]
 
 
 def verdict_summary(verdict: "Verdict | None") -> dict:

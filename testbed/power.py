@@ -23,7 +23,7 @@ from typing import Callable
 from testbed.compare import compare_stats
 from testbed.fidelity import Verdict, judge
 from testbed.model import LinkSpec, Topology
-from testbed.simulate import REPLICATIONS, HostModel, simulate_events
+from testbed.simulate import REPLICATIONS, HostModel, simulate_host
 from testbed.stats import flow_stats
 
 #: Seeds of the stand-in "emulated" runs start here, far from the
@@ -87,8 +87,7 @@ def simulated_stats(topology: Topology, host: HostModel, seeds: range,
     pooled: list[dict] = []
     per_run = []
     for r, seed in enumerate(seeds):
-        events, _ = simulate_events(topology, host.host_cost_s, seed, engine,
-                                    host.hop_latency_s, host.hop_noise_s)
+        events, _ = simulate_host(topology, host, seed, engine)
         for e in events:
             if "msg" in e:
                 e["msg"] += r * 1_000_000
@@ -133,7 +132,6 @@ def null_trials(topology: Topology, host: HostModel, trials: int,
     verdicts = []
     for i in range(trials):
         seed = topology.seed + NULL_SEED_OFFSET + i
-        events, _ = simulate_events(topology, host.host_cost_s, seed, None,
-                                    host.hop_latency_s, host.hop_noise_s)
+        events, _ = simulate_host(topology, host, seed)
         verdicts.append(judge(compare_stats(flow_stats(events), pooled), per_run))
     return verdicts

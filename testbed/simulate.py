@@ -66,6 +66,13 @@ class HostModel:
                 "hop_noise_s": list(self.hop_noise_s), "source": self.source}
 
 
+def simulate_host(topology: Topology, host: HostModel, seed: int | None = None,
+                  engine_overrides: dict | None = None) -> tuple[list[dict], dict]:
+    """``simulate_events`` with a host model."""
+    return simulate_events(topology, host.host_cost_s, seed, engine_overrides,
+                           host.hop_latency_s, host.hop_noise_s)
+
+
 def load_calibration(results_root: Path = Path("results")) -> dict | None:
     """The calibration stored under ``results_root``, or None."""
     path = Path(results_root) / CALIBRATION_NAME
@@ -204,9 +211,8 @@ def run_simulation(topology: Topology, out_dir: Path | None = None,
     t0 = time.perf_counter()
     events, counters, last_event = [], {}, 0.0
     for r in range(replications):
-        evs, counters[f"replication-{r}"] = simulate_events(
-            topology, host_cost_s, base_seed + r, engine_overrides, hop_latency_s,
-            host.hop_noise_s)
+        evs, counters[f"replication-{r}"] = simulate_host(topology, host, base_seed + r,
+                                                          engine_overrides)
         last_event += max((e["t"] for e in evs), default=0.0)
         for e in evs:
             if "msg" in e:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 #: Bytes a UDP datagram occupies on an Ethernet link beyond its payload
 #: (14 Ethernet + 20 IPv4 + 8 UDP); rate limiters count these too.
 WIRE_OVERHEAD_BYTES = 42
+#: The least time a datagram spends between two hosts (1 us).
+MIN_HOP_S = 1e-6
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class _LinkState:
     #: delays a datagram but never reorders it (the host path is FIFO;
     #: only a link's configured jitter reorders)
     fifo_at: float = 0.0
+    #: the host's current extra delay on this link and until when it holds
+    noise: float = 0.0
+    noise_until: float = float("-inf")
 
 
 class SimNetwork:
@@ -85,7 +90,8 @@ class SimNetwork:
     def __init__(self, sim: Any, default: LinkParams | None = None,
                  links: dict[tuple[Hashable, Hashable], LinkParams] | None = None,
                  seed: int = 1, host_cost_s: float = 0.0, hop_latency_s: float = 0.0,
-                 hop_noise_s: "list[float] | tuple[float, ...]" = ()) -> None:
+                 hop_noise_s: "list[float] | tuple[float, ...]" = (),
+                 noise_hold_s: float = 0.001) -> None:
         self.sim = sim
         self.default = default or LinkParams()
         self._params = dict(links or {})
@@ -102,6 +108,10 @@ class SimNetwork:
         #: with or without it. Empty: no spread.
         self.hop_noise_s = tuple(sorted(hop_noise_s))
         self._noise_rng = random.Random(seed ^ 0x6E6F6973)
+        #: A host stall lasts a while: datagrams entering a link within
+        #: this long of a draw share it (a burst meets one stall, as on a
+        #: real host, not one per datagram).
+        self.noise_hold_s = noise_hold_s
         self.hosts: dict[Hashable, "TTNetworkInterfaceSim"] = {}
         self.dropped = 0
         self.duplicated = 0
@@ -140,13 +150,20 @@ class SimNetwork:
                 b = bytearray(data)
                 b[rng.randrange(len(b))] ^= 0xFF
                 data = bytes(b)
-            t = at + p.delay_s + self.hop_latency_s
+            extra = self.hop_latency_s
             if self.hop_noise_s:
-                t = max(at, t + self._draw_noise(), st.fifo_at)
-                st.fifo_at = t
+                if at >= st.noise_until:
+                    st.noise, st.noise_until = self._draw_noise(), at + self.noise_hold_s
+                # the host adds latency, it never takes any of the link's away
+                extra = max(0.0, extra + st.noise)
+            t = at + p.delay_s + extra
+            if self.hop_noise_s:
+                t = st.fifo_at = max(t, st.fifo_at)
             if p.jitter_s:
                 t += rng.uniform(-p.jitter_s, p.jitter_s)
-                t = max(t, at)
+            # Every hop takes some time: on a zero-delay link a protocol
+            # exchange must not run in zero simulated time.
+            t = max(t, at + MIN_HOP_S)
             if p.rate_bps:
                 # Join the rate queue when the delayed packet reaches it, so
                 # the queue serves packets in the order jitter left them

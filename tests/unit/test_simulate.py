@@ -59,3 +59,24 @@ def test_run_simulation_writes_schema_and_metadata(tmp_path):
     assert {e["replication"] for e in events} == {0, 1}
     assert all({"flow", "msg", "src", "dst", "size", "ensure", "t"} <= e.keys()
                for e in events if e["event"] != "unknown")
+
+
+def _two_hosts(**link) -> Topology:
+    flow = Flow("t", "a", "b", sizes=(64,), count=400, interval_s=0.01, ensure=True)
+    return Topology("spread", ("a", "b"), LinkSpec(delay_s=0.01, **link), flows=(flow,), seed=3)
+
+
+def test_host_spread_widens_the_latency_distribution_but_never_reorders():
+    from testbed.simulate import HostModel, simulate_host
+    topo = _two_hosts()
+    flat = flow_stats(simulate_host(topo, HostModel(0.0, 5e-4))[0])["t"]
+    spread = tuple(-2e-4 + 6e-4 * i / 100 for i in range(101))          # -0.2..+0.4 ms
+    noisy = flow_stats(simulate_host(topo, HostModel(0.0, 5e-4, spread))[0])["t"]
+    assert flat.p95 - flat.p50 < 1e-9                                  # a constant
+    assert noisy.p95 - noisy.p50 > 2e-4 and noisy.min >= 0.03           # never below 3 x delay
+    assert abs(noisy.p50 - flat.p50) < 3e-4
+    # FIFO: with no configured jitter no datagram overtakes another, so the
+    # engine never sees reordering (no spurious retransmission)
+    _, counters = simulate_host(topo, HostModel(0.0, 5e-4, spread))
+    assert counters["a"].get("data_retransmitted", 0) == 0
+    assert counters["a"].get("spurious_retransmit", 0) == 0
