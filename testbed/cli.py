@@ -207,7 +207,8 @@ def _host_model(results: Path, run_dir: Path | None = None):
 
 def cmd_power(args) -> int:
     """Judge a recorded emulated run against the faithful model and every
-    mutation of testbed.power: which wrong models would the verdict catch?"""
+    mutation of testbed.power: which wrong models would the verdict catch?
+    Exit 1 when the faithful model FAILs or a mutation is not caught."""
     from testbed.power import power_table
     from testbed.stats import flow_stats, load_events
     run_dir = Path(args.run)

@@ -23,7 +23,7 @@ from typing import Callable
 from testbed.compare import compare_stats
 from testbed.fidelity import Verdict, judge
 from testbed.model import LinkSpec, Topology
-from testbed.simulate import REPLICATIONS, HostModel, simulate_host
+from testbed.simulate import MSG_STRIDE, REPLICATIONS, HostModel, simulate_host
 from testbed.stats import flow_stats
 
 #: Seeds of the stand-in "emulated" runs start here, far from the
@@ -90,7 +90,7 @@ def simulated_stats(topology: Topology, host: HostModel, seeds: range,
         events, _ = simulate_host(topology, host, seed, engine)
         for e in events:
             if "msg" in e:
-                e["msg"] += r * 1_000_000
+                e["msg"] += r * MSG_STRIDE
         pooled += events
         per_run.append(flow_stats(events))
     return flow_stats(pooled), per_run
