@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from testbed.evaluate import NotAnEmulatedRun, compare_run
-from testbed.topology import TopologyError, find_topology, list_topologies, load_topology
+from testbed.pipelines.evaluate import NotAnEmulatedRun, compare_run
+from testbed.spec.topology import TopologyError, find_topology, list_topologies, load_topology
 
 DEFAULT_TOPOLOGIES = ("pair", "star", "edge-cloud", "lossy", "mesh-20")
 TOPO_DIR = Path(__file__).resolve().parent.parent / "topologies"
@@ -67,12 +67,12 @@ def cmd_list(args) -> int:
 
 
 def _summarise(run_dir: Path) -> None:
-    from testbed.stats import flow_stats, load_events, summary_table
+    from testbed.analysis.stats import flow_stats, load_events, summary_table
     print(summary_table(flow_stats(load_events(run_dir))))
 
 
 def cmd_run(args) -> int:
-    from testbed.run import run_emulation
+    from testbed.emulate.run import run_emulation
     code = 0
     for name in args.topology:
         topo = _load(name)
@@ -84,7 +84,7 @@ def cmd_run(args) -> int:
             code = 1
         if not args.no_compare:
             rows, verdict, report = compare_run(res.run_dir)
-            from testbed.compare import format_table
+            from testbed.analysis.compare import format_table
             print(format_table(rows))
             _print_verdict(verdict, name)
             say(f"[{name}] report: {report}")
@@ -95,9 +95,9 @@ def cmd_run(args) -> int:
 
 def cmd_up(args) -> int:
     """Bring a topology's hosts and links up and hold them until Ctrl-C."""
-    from testbed.backends import make_backend
-    from testbed.impair import Impairments
-    from testbed.run import new_run_id
+    from testbed.emulate.backends import make_backend
+    from testbed.emulate.impair import Impairments
+    from testbed.spec.plan import new_run_id
 
     topo = _load(args.topology)
     run_id = new_run_id()
@@ -136,7 +136,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from testbed.backends import cleanup_stale
+    from testbed.emulate.backends import cleanup_stale
     # Rules and qdiscs live inside the hosts' namespaces and go with them;
     # an NFQUEUE daemon exits when its parent run is gone.
     removed = list(cleanup_stale())
@@ -147,7 +147,7 @@ def cmd_down(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from testbed.backends import stale_resources
+    from testbed.emulate.backends import stale_resources
     left = stale_resources()
     for r in left:
         print(r)
@@ -156,7 +156,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from testbed.simulate import run_simulation
+    from testbed.simulate.simulator import run_simulation
     for name in args.topology:
         topo = _load(name)
         out = run_simulation(topo, results_root=Path(args.results),
@@ -185,7 +185,7 @@ def _print_verdict(verdict, name: str = "") -> None:
 
 
 def cmd_compare(args) -> int:
-    from testbed.compare import format_table
+    from testbed.analysis.compare import format_table
     code = 0
     for run in args.run:
         rows, verdict, report = compare_run(Path(run))
@@ -198,19 +198,17 @@ def cmd_compare(args) -> int:
 
 
 def _host_model(results: Path, run_dir: Path | None = None):
-    from testbed.simulate import HostModel, load_calibration
-    info = None
-    if run_dir is not None and (run_dir / "calibration.json").exists():
-        info = json.loads((run_dir / "calibration.json").read_text())
+    from testbed.simulate.host import HostModel, load_calibration
+    info = load_calibration(run_dir) if run_dir is not None else None
     return HostModel.from_calibration(info or load_calibration(results))
 
 
 def cmd_power(args) -> int:
     """Judge a recorded emulated run against the faithful model and every
-    mutation of testbed.power: which wrong models would the verdict catch?
+    mutation of testbed.pipelines.power: which wrong models would the verdict catch?
     Exit 1 when the faithful model FAILs or a mutation is not caught."""
-    from testbed.power import power_table
-    from testbed.stats import flow_stats, load_events
+    from testbed.pipelines.power import power_table
+    from testbed.analysis.stats import flow_stats, load_events
     run_dir = Path(args.run)
     if not (run_dir / "topology.yaml").exists():
         raise NotAnEmulatedRun(f"{run_dir} is not a run directory (no topology.yaml)")
@@ -235,7 +233,7 @@ def cmd_false_alarms(args) -> int:
     """Judge fresh simulated runs of the faithful model against the baseline."""
     from collections import Counter
 
-    from testbed.power import null_trials
+    from testbed.pipelines.power import null_trials
     topo = _load(args.topology)
     verdicts = null_trials(topo, _host_model(Path(args.results)), args.trials,
                            replications=args.replications)
@@ -249,7 +247,7 @@ def cmd_false_alarms(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from testbed.calibrate import calibrate
+    from testbed.pipelines.calibrate import calibrate
     info = calibrate(args.backend, Path(args.results), progress=say)
     say(f"host cost {info['host_cost_s'] * 1e6:.1f} us CPU/datagram; hop latency "
         f"{info['hop_latency_s'] * 1e6:.0f} us "
@@ -262,8 +260,8 @@ def cmd_all(args) -> int:
     """What `make testbed` runs: calibrate, every default topology, compare,
     the end-to-end suite, and the final tables."""
     import subprocess
-    from testbed.compare import format_table
-    from testbed.run import run_emulation
+    from testbed.analysis.compare import format_table
+    from testbed.emulate.run import run_emulation
     t0 = time.monotonic()
     results = Path(args.results)
     if not (results / "calibration.json").exists() or args.recalibrate:

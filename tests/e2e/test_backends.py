@@ -19,10 +19,10 @@ import docker
 import pytest
 from pyroute2 import IPRoute, netns
 
-from testbed import net
-from testbed.backends import BackendError, cleanup_stale, make_backend
-from testbed.image import ensure_image, find_debian_mirror
-from testbed.model import LinkSpec, Topology
+from testbed.emulate import net
+from testbed.emulate.backends import BackendError, cleanup_stale, make_backend
+from testbed.emulate.image import ensure_image, find_debian_mirror
+from testbed.spec.model import LinkSpec, Topology
 
 REPO = Path(__file__).resolve().parents[2]
 BACKENDS = ["docker", "netns"]
@@ -180,8 +180,8 @@ def test_wait_kills_commands_still_running_at_timeout(tmp_path, backend_name):
 _OWNER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from testbed.backends import make_backend
-    from testbed.model import LinkSpec, Topology
+    from testbed.emulate.backends import make_backend
+    from testbed.spec.model import LinkSpec, Topology
     b = make_backend(sys.argv[1])
     with b:
         b.up(Topology("t", ("a", "b"), LinkSpec()), Path(sys.argv[2]), lambda h: ["sleep", "60"])

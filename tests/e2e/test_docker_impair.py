@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from testbed.backends import make_backend
-from testbed.impair import Impairments
-from testbed.model import LinkSpec, Topology
+from testbed.emulate.backends import make_backend
+from testbed.emulate.impair import Impairments
+from testbed.spec.model import LinkSpec, Topology
 
 pytestmark = [pytest.mark.e2e]
 
@@ -23,7 +23,7 @@ def _probe(tmp_path, links: dict[tuple[str, str], LinkSpec], ping_args: list[str
 
     def command(h):
         if h.name == "b":
-            return ["python3", "-m", "testbed.probe", "serve", f"--port={PORT}", "--duration=60"]
+            return ["python3", "-m", "testbed.guest.probe", "serve", f"--port={PORT}", "--duration=60"]
         # b's address is known only once hosts exist: the hook writes it to
         # the shared results directory, read here after the start gate.
         args = ", ".join(repr(a) for a in ping_args)
@@ -31,7 +31,7 @@ def _probe(tmp_path, links: dict[tuple[str, str], LinkSpec], ping_args: list[str
                 "import pathlib, runpy, sys, time; time.sleep(0.5); "
                 f"ip = pathlib.Path({h.results_dir!r}, 'b.ip').read_text(); "
                 f"sys.argv = ['probe', 'ping', ip, '--port={PORT}', {args}]; "
-                "runpy.run_module('testbed.probe', run_name='__main__')"]
+                "runpy.run_module('testbed.guest.probe', run_name='__main__')"]
 
     def before_start(hs):
         (tmp_path / "b.ip").write_text(hs["b"].ip)

@@ -1,5 +1,5 @@
 """ttnet under hostile networks: two namespaces on a veth pair, a ttnet
-process in each (``fault_peer.py``), impairments from ``testbed.impair``
+process in each (``fault_peer.py``), impairments from ``testbed.emulate.impair``
 (the nfqueue engine on this kernel), crashes by SIGKILL, outages by
 iptables DROP rules.
 
@@ -24,8 +24,8 @@ import pytest
 
 from pyroute2 import IPRoute, netns  # noqa: E402
 
-from testbed.impair import Impairments  # noqa: E402
-from testbed.model import LinkSpec  # noqa: E402
+from testbed.emulate.impair import Impairments  # noqa: E402
+from testbed.spec.model import LinkSpec  # noqa: E402
 
 PEER = Path(__file__).with_name("fault_peer.py")
 _spec = importlib.util.spec_from_file_location("fault_peer", PEER)

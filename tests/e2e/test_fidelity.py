@@ -1,5 +1,5 @@
 """Every shipped topology end to end: calibrate on this machine, emulate on
-Docker, simulate, judge (testbed.fidelity) and report.
+Docker, simulate, judge (testbed.analysis.fidelity) and report.
 
 What this suite asserts is what holds on every run: every ensure=True
 message arrived (the agents' exit codes), the impairments were applied (no
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from testbed.calibrate import calibrate
-from testbed.compare import format_table
-from testbed.evaluate import FIDELITY_MIN_DELAY_S, compare_run
-from testbed.run import run_emulation
-from testbed.topology import list_topologies, load_topology
+from testbed.pipelines.calibrate import calibrate
+from testbed.analysis.compare import format_table
+from testbed.pipelines.evaluate import FIDELITY_MIN_DELAY_S, compare_run
+from testbed.emulate.run import run_emulation
+from testbed.spec.topology import list_topologies, load_topology
 
 pytestmark = [pytest.mark.e2e]
 

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns
 
-from testbed import impair
-from testbed.impair import Impairments, ImpairError, detect_engine, netem, rate, rules, sweep
-from testbed.impair.nfqueue import corrupt_packet
-from testbed.model import LinkSpec
+from testbed.emulate import impair
+from testbed.emulate.impair import Impairments, ImpairError, detect_engine, netem, rate, rules, sweep
+from testbed.emulate.impair.nfqueue import corrupt_packet
+from testbed.spec.model import LinkSpec
 
-PROBE = Path(__file__).resolve().parents[2] / "testbed" / "probe.py"
+#: The probe, run as a module (it imports testbed.spec) by this venv's python.
+PROBE = ["-m", "testbed.guest.probe"]
 PORT = 7474
 
 
@@ -70,7 +71,7 @@ class Pair:
     log_dir: Path
 
     def run(self, ns: str, *args: str, **kw) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(PROBE), *args],
+        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, *PROBE, *args],
                               capture_output=True, text=True, check=True, **kw)
 
     def ping(self, **kw) -> dict:
@@ -107,7 +108,7 @@ def impair_pair(tmp_path):
                 ipr.link("set", index=idx, state="up")
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         server = subprocess.Popen(["ip", "netns", "exec", pair.ns_b, sys.executable,
-                                   str(PROBE), "serve", f"--port={PORT}", "--duration=120"])
+                                   *PROBE, "serve", f"--port={PORT}", "--duration=120"])
         time.sleep(0.3)
         yield pair
     finally:

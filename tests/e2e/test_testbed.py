@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from testbed.model import Flow, LinkSpec, Topology
-from testbed.run import run_emulation
-from testbed.stats import flow_stats, load_events
+from testbed.spec.model import Flow, LinkSpec, Topology
+from testbed.emulate.run import run_emulation
+from testbed.analysis.stats import flow_stats, load_events
 
 pytestmark = [pytest.mark.e2e]
 
@@ -122,7 +122,7 @@ def _leftovers():
     out += [f"netns {line}" for line in ns.splitlines() if line.startswith("ttnet")]
     rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
     out += [f"rule {r}" for r in rules.splitlines() if "ttnet" in r]
-    procs = subprocess.run(["pgrep", "-af", "testbed.impair|testbed.agent"],
+    procs = subprocess.run(["pgrep", "-af", "testbed.emulate.impair|testbed.guest.agent"],
                            capture_output=True, text=True).stdout
     out += [f"process {p}" for p in procs.splitlines() if "pgrep" not in p]
     return out

@@ -1,12 +1,11 @@
 """The testbed agent, for real, on loopback: no Docker, no namespaces.
 
-Each ensemble's agent is a subprocess (``python -m testbed.agent``) bound to
+Each ensemble's agent is a subprocess (``python -m testbed.guest.agent``) bound to
 its own 127.0.0.x address (plan ``bind``), all on one port as in a run; the
 test plays the host: plan.json, wait for ready-*, go.json, exit codes."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,6 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+
+from testbed.spec.events import load_events
+from testbed.spec.jsonio import write_json_atomic
+from testbed.spec.model import Flow, LinkSpec, Topology
 
 ROOT = Path(__file__).resolve().parents[2]
 ADDR = {"a": "127.0.0.2", "b": "127.0.0.3", "c": "127.0.0.4"}
@@ -32,17 +35,11 @@ def _flow(name, src, dst, *, ensure, count=5, sizes=(100,), interval_s=0.02, dea
                 interval_s=interval_s, ensure=ensure, deadline_s=deadline_s, start_s=start_s)
 
 
-def _write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 def _run_agents(results: Path, ensembles, running, flows, span_s):
     """Start agents for ``running`` (a subset of ``ensembles``), give the go
     signal with ``end_at = start_at + span_s``; their exit codes and outcomes."""
     port = _free_port()
-    _write_atomic(results / "plan.json", {
+    write_json_atomic(results / "plan.json", {
         "run_id": "t", "topology": "t", "ensembles": list(ensembles), "port": port,
         "flows": flows, "auth_key": None, "engine": {},
         "bind": {e: ADDR[e] for e in ensembles}})
@@ -51,7 +48,7 @@ def _run_agents(results: Path, ensembles, running, flows, span_s):
         for n in running:
             log = open(results / f"agent-{n}.log", "w")
             procs[n] = subprocess.Popen(
-                [sys.executable, "-m", "testbed.agent", "--name", n, "--results", str(results)],
+                [sys.executable, "-m", "testbed.guest.agent", "--name", n, "--results", str(results)],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
             log.close()
         deadline = time.monotonic() + 15
@@ -60,7 +57,7 @@ def _run_agents(results: Path, ensembles, running, flows, span_s):
             assert all(p.poll() is None for p in procs.values()), _logs(results, running)
             time.sleep(0.02)
         start_at = time.time() + 0.3
-        _write_atomic(results / "go.json", {
+        write_json_atomic(results / "go.json", {
             "routes": {e: f"{ADDR[e]}:{port}" for e in ensembles},
             "start_at": start_at, "end_at": start_at + span_s})
         codes = {n: p.wait(timeout=span_s + 10) for n, p in procs.items()}
@@ -133,3 +130,25 @@ def test_best_effort_failures_alone_exit_zero(tmp_path):
     assert a["ensure"] == dict(sent=4, completed=4, failed=0, unresolved=0, not_sent=0)
     assert a["best_effort"] == dict(sent=3, completed=0, failed=3, unresolved=0, not_sent=0)
     assert a["failed"] == 3 and a["ensure_failures"] == 0 and a["problems"] == []
+
+
+@pytest.mark.timeout(60)
+def test_agent_and_simulator_write_the_same_records(tmp_path):
+    """The verdict compares agent records with simulator records: for the
+    same plan they must be the same records, up to the times."""
+    from testbed.simulate.simulator import simulate_events
+
+    flows = [_flow("ab", "a", "b", ensure=True, count=6, sizes=(100, 5000)),
+             _flow("ba", "b", "a", ensure=False, count=3, sizes=(700,))]
+    codes, _ = _run_agents(tmp_path, ["a", "b"], ["a", "b"], flows, span_s=6.0)
+    assert codes == {"a": 0, "b": 0}, _logs(tmp_path, "ab")
+    topo = Topology("t", ("a", "b"), LinkSpec(), flows=tuple(
+        Flow(**{**f, "sizes": tuple(f["sizes"])}) for f in flows))
+    simulated, _ = simulate_events(topo)
+
+    def untimed(events):
+        return sorted(json.dumps({k: v for k, v in e.items() if k != "t"}, sort_keys=True)
+                      for e in events)
+    emulated = load_events(tmp_path)
+    assert len(emulated) == len(simulated) == 3 * 9    # send, deliver, complete
+    assert untimed(emulated) == untimed(simulated)

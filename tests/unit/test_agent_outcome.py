@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from testbed.agent import EXIT_OK, EXIT_UNDELIVERED, MAX_LISTED, Outcome
-from testbed.model import Flow, LinkSpec, Topology
-from testbed.run import RunResult, _read_outcomes
+from testbed.guest.agent import EXIT_OK, EXIT_UNDELIVERED, MAX_LISTED, Outcome
+from testbed.spec.model import Flow, LinkSpec, Topology
+from testbed.emulate.run import RunResult, _read_outcomes
 
 
 def test_all_ensure_completed_and_best_effort_failures_exit_zero():

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from testbed.cli import main
-from testbed.model import Flow, LinkSpec, Topology
-from testbed.simulate import simulate_events
-from testbed.topology import topology_to_yaml
+from testbed.spec.model import Flow, LinkSpec, Topology
+from testbed.simulate.simulator import simulate_events
+from testbed.spec.topology import topology_to_yaml
 
 TOPO = Topology("tiny", ("a", "b"), LinkSpec(delay_s=0.01, loss=0.01),
                 flows=(Flow("t", "a", "b", sizes=(64,), count=300, interval_s=0.01,

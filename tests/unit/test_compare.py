@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from testbed.compare import (FlowComparison, compare, delay_floor_violations,
+from testbed.analysis.compare import (FlowComparison, compare, delay_floor_violations,
                              format_table, plot_cdfs, relative_error, write_report)
-from testbed.model import Flow, LinkSpec, Topology
-from testbed.stats import (FlowStats, flow_stats, load_events, load_run,
+from testbed.spec.model import Flow, LinkSpec, Topology
+from testbed.analysis.stats import (FlowStats, flow_stats, load_events, load_run,
                            percentile, summary_table)
 
 

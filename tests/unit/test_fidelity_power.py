@@ -1,8 +1,8 @@
 """The fidelity verdict can fail and can pass: one recorded emulated run
-(tests/data/fidelity/power-run, made with `testbed.run.run_emulation` on
+(tests/data/fidelity/power-run, made with `testbed.emulate.run.run_emulation` on
 the Docker backend from tests/data/fidelity/power.yaml, with the
 calibration measured just before it) judged against the faithful model and
-against deliberately wrong ones (testbed.power.MUTATIONS). Simulation only:
+against deliberately wrong ones (testbed.pipelines.power.MUTATIONS). Simulation only:
 no emulation runs here."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from testbed.power import MUTATIONS, judge_against
-from testbed.simulate import HostModel
-from testbed.stats import flow_stats, load_events
-from testbed.topology import load_topology
+from testbed.pipelines.power import MUTATIONS, judge_against
+from testbed.simulate.host import HostModel
+from testbed.analysis.stats import flow_stats, load_events
+from testbed.spec.topology import load_topology
 
 RUN = Path(__file__).resolve().parents[1] / "data" / "fidelity" / "power-run"
 #: Fewer than the default 20 replications keeps this test near 3 minutes;

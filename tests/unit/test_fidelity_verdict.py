@@ -1,16 +1,16 @@
 """The fidelity verdict's statistics: intervals that cover, outcomes that
-follow from them, error rates that hold (testbed.fidelity)."""
+follow from them, error rates that hold (testbed.analysis.fidelity)."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from testbed.compare import compare
-from testbed.fidelity import (FAIL, PASS, UNDETERMINED, judge, newcombe,
+from testbed.analysis.compare import compare
+from testbed.analysis.fidelity import (FAIL, PASS, UNDETERMINED, judge, newcombe,
                               order_statistic_bounds, quantile_design_effect,
                               quantile_interval, share_design_effect, wilson)
-from testbed.stats import flow_stats
+from testbed.analysis.stats import flow_stats
 
 
 def run_events(latencies: dict[int, float | None], flow: str = "f1",

@@ -1,4 +1,4 @@
-"""testbed.simulate: the topology's flows in simulated time."""
+"""testbed.simulate.simulator: the topology's flows in simulated time."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from testbed.model import Flow, LinkSpec, Topology
-from testbed.simulate import run_simulation, simulate_events
-from testbed.stats import flow_stats
-from testbed.topology import load_topology
+from testbed.spec.model import Flow, LinkSpec, Topology
+from testbed.simulate.simulator import run_simulation, simulate_events
+from testbed.analysis.stats import flow_stats
+from testbed.spec.topology import load_topology
 
 TOPO_DIR = Path(__file__).resolve().parents[2] / "topologies"
 
@@ -67,7 +67,8 @@ def _two_hosts(**link) -> Topology:
 
 
 def test_host_spread_widens_the_latency_distribution_but_never_reorders():
-    from testbed.simulate import HostModel, simulate_host
+    from testbed.simulate.host import HostModel
+    from testbed.simulate.simulator import simulate_host
     topo = _two_hosts()
     flat = flow_stats(simulate_host(topo, HostModel(0.0, 5e-4))[0])["t"]
     spread = tuple(-2e-4 + 6e-4 * i / 100 for i in range(101))          # -0.2..+0.4 ms

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.model import Flow, LinkSpec, Topology
-from testbed.topology import (TopologyError, find_topology, list_topologies,
+from testbed.spec.model import Flow, LinkSpec, Topology
+from testbed.spec.topology import (TopologyError, find_topology, list_topologies,
                               load_topology, load_topology_text, topology_to_yaml)
-from testbed.units import (UnitError, format_duration, format_rate, format_size,
+from testbed.spec.units import (UnitError, format_duration, format_rate, format_size,
                            parse_duration, parse_percent, parse_rate, parse_size)
 
 REPO = Path(__file__).resolve().parents[2]

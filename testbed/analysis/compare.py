@@ -1,0 +1,271 @@
+"""Emulated vs simulated: per-flow comparison, CDF plots, report, fidelity.
+
+This module owns the judgement "does the simulator predict the emulation?":
+it pairs the flows of two event sets, computes relative errors
+``(sim - emu) / emu``, draws latency CDFs and writes ``report.md``. It never
+runs an experiment or a simulation and never reads a topology file; it gets
+events (and, for the delay floor check, a ``Topology``) from its caller.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from testbed.spec.model import Topology
+from testbed.analysis.stats import (FlowStats, flow_stats, fmt_ms, fmt_ratio,
+                           render_table)
+
+log = logging.getLogger(__name__)
+
+METRICS = ("delivery_ratio", "mean", "p50", "p95", "p99")
+METRIC_LABELS = {"delivery_ratio": "delivery ratio", "mean": "mean latency",
+                 "p50": "p50 latency", "p95": "p95 latency", "p99": "p99 latency"}
+# Panels per CDF page: 12 small multiples (4 x 3) stay legible on a laptop
+# screen; mesh-20's 60 flows become five pages instead of one unreadable one.
+PANELS_PER_PAGE = 12
+# The kernel and the NFQUEUE hop add a little scheduling noise; a latency up
+# to this far under the configured delay still counts as honouring it.
+DELAY_FLOOR_SLACK_S = 0.0005
+
+
+def relative_error(emu: float | None, sim: float | None) -> float | None:
+    """(sim - emu) / emu; None when either is missing or emu is 0."""
+    if emu is None or sim is None or emu == 0:
+        return None
+    return (sim - emu) / emu
+
+
+@dataclass
+class FlowComparison:
+    """One flow measured twice. ``emu``/``sim`` are empty stats (sent=0)
+    when the flow is missing from that side."""
+
+    flow: str
+    emu: FlowStats
+    sim: FlowStats
+
+    def value(self, side: str, metric: str) -> float | None:
+        return getattr(self.emu if side == "emu" else self.sim, metric)
+
+    def error(self, metric: str) -> float | None:
+        """Relative error of the simulation for one of METRICS."""
+        return relative_error(self.value("emu", metric), self.value("sim", metric))
+
+    @property
+    def delivery_ratio_error(self) -> float | None:
+        return self.error("delivery_ratio")
+
+    @property
+    def mean_error(self) -> float | None:
+        return self.error("mean")
+
+    @property
+    def p50_error(self) -> float | None:
+        return self.error("p50")
+
+    @property
+    def p95_error(self) -> float | None:
+        return self.error("p95")
+
+    @property
+    def p99_error(self) -> float | None:
+        return self.error("p99")
+
+
+def compare_stats(emu: dict[str, FlowStats],
+                  sim: dict[str, FlowStats]) -> list[FlowComparison]:
+    """Pair flows by name (union of both sides), sorted by flow name."""
+    return [FlowComparison(name, emu.get(name) or FlowStats(flow=name),
+                           sim.get(name) or FlowStats(flow=name))
+            for name in sorted(set(emu) | set(sim))]
+
+
+def compare(emu_events: Iterable[dict[str, Any]],
+            sim_events: Iterable[dict[str, Any]]) -> list[FlowComparison]:
+    """Per-flow emulated vs simulated statistics from two event lists."""
+    return compare_stats(flow_stats(emu_events), flow_stats(sim_events))
+
+
+def _fmt_error(err: float | None) -> str:
+    return "-" if err is None else f"{err * 100:+.1f}%"
+
+
+def _fmt_metric(metric: str, value: float | None) -> str:
+    return fmt_ratio(value) if metric == "delivery_ratio" else fmt_ms(value)
+
+
+def table_rows(rows: list[FlowComparison]) -> list[list[str]]:
+    """One line per flow x metric: flow, metric, emulated, simulated, error."""
+    out = []
+    for row in rows:
+        for metric in METRICS:
+            unit = "" if metric == "delivery_ratio" else " (ms)"
+            out.append([row.flow, METRIC_LABELS[metric] + unit,
+                        _fmt_metric(metric, row.value("emu", metric)),
+                        _fmt_metric(metric, row.value("sim", metric)),
+                        _fmt_error(row.error(metric))])
+    return out
+
+
+TABLE_HEADER = ["flow", "metric", "emulated", "simulated", "rel. error"]
+
+
+def format_table(rows: list[FlowComparison], markdown: bool = False) -> str:
+    """The comparison as a plain-text (or Markdown) table, long format: one
+    line per flow and metric, so 60 flows stay readable in a terminal."""
+    body = table_rows(rows)
+    if not markdown:
+        return render_table(TABLE_HEADER, body)
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |",
+             "|" + "|".join(["---"] * 2 + ["---:"] * 3) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def _cdf(values: list[float]) -> tuple[list[float], list[float]]:
+    xs = sorted(v * 1000 for v in values)
+    return xs, [(i + 1) / len(xs) for i in range(len(xs))]
+
+
+def plot_cdfs(rows: list[FlowComparison], out_dir: Path,
+              title: str = "latency") -> list[Path]:
+    """Latency CDF PNGs: page 1 pools all flows (log x), then one small panel
+    per flow with the emulated (solid) and simulated (dashed) curves, up to
+    PANELS_PER_PAGE panels a page. Returns the files written."""
+    import matplotlib
+    matplotlib.use("Agg")  # no display in containers or CI
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    emu_all = [v for r in rows for v in r.emu.latencies]
+    sim_all = [v for r in rows for v in r.sim.latencies]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _draw(ax, emu_all, sim_all, f"{title}: all flows pooled")
+    # Log x keeps 20 ms tokens and 2 s bulk transfers on one readable axis;
+    # skewed clocks can make latencies <= 0, which a log axis cannot show.
+    if emu_all + sim_all and min(emu_all + sim_all) > 0:
+        from matplotlib.ticker import LogLocator, ScalarFormatter
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter("")
+    ax.legend(loc="lower right")
+    paths.append(_save(fig, out_dir / "cdf-all.png", plt))
+    flows = [r for r in rows if r.emu.latencies or r.sim.latencies]
+    pages = [flows[i:i + PANELS_PER_PAGE] for i in range(0, len(flows), PANELS_PER_PAGE)]
+    for n, page in enumerate(pages, 1):
+        cols = min(3, len(page))
+        nrows = -(-len(page) // cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows),
+                                 squeeze=False)
+        for ax, row in zip(axes.flat, page):
+            _draw(ax, row.emu.latencies, row.sim.latencies, row.flow)
+        for ax in list(axes.flat)[len(page):]:
+            ax.set_visible(False)
+        axes.flat[0].legend(loc="lower right", fontsize="small")
+        suffix = f"-{n}" if len(pages) > 1 else ""
+        fig.suptitle(f"{title}: one-way latency CDF per flow")
+        paths.append(_save(fig, out_dir / f"cdf-flows{suffix}.png", plt))
+    return paths
+
+
+def _draw(ax: Any, emu: list[float], sim: list[float], label: str) -> None:
+    for values, name, style in ((emu, "emulated", "-"), (sim, "simulated", "--")):
+        if values:
+            xs, ys = _cdf(values)
+            ax.step(xs, ys, style, where="post", label=f"{name} (n={len(xs)})")
+    ax.set_title(label, fontsize="medium")
+    ax.set_xlabel("one-way latency (ms)")
+    ax.set_ylabel("fraction of messages")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    log.debug("wrote %s", path)
+    return path
+
+
+def verdict_lines(verdict: Any) -> list[str]:
+    """The fidelity verdict as Markdown: outcome and counts first, then
+    every FAIL and UNDETERMINED quantity, then a table of all judgements."""
+    if verdict is None:
+        return ["## Fidelity: not judged", "",
+                "No flow crosses links of at least 0.5 ms both ways.", ""]
+    tol = verdict.tolerances
+    lines = [f"## Fidelity: {verdict.outcome} ({verdict.counts()})", "",
+             f"Each quantity is judged at confidence 1 - {verdict.family_alpha:g}/m over the "
+             f"m judged quantities (z = {verdict.z:.2f}): p50 within "
+             f"+/-{tol.get('p50', 0) * 100:g}%, p95 within +/-{tol.get('p95', 0) * 100:g}%, "
+             f"best-effort delivery within +/-{tol.get('delivery_abs', 0):g} "
+             f"(or {tol.get('delivery_rel', 0) * 100:g}% of the smaller share). FAIL: the "
+             "emulated interval lies wholly outside the band; PASS: wholly inside; "
+             "UNDETERMINED: too few samples to tell.", ""]
+    for text in verdict.structural:
+        lines.append(f"- **FAIL** {text}")
+    for j in verdict.failed:
+        lines.append(f"- **FAIL** {j.describe()}")
+    for j in verdict.undetermined:
+        lines.append(f"- UNDETERMINED {j.describe()}")
+    lines += ["", "| flow | quantity | outcome | emulated | interval | simulated | band | n | deff |",
+              "|---|---|---|---:|---|---:|---|---:|---:|"]
+    for j in verdict.judgements:
+        c = j.cells()
+        unit = f" ({j.unit.strip()})" if j.unit else ""
+        lines.append(f"| {j.flow} | {j.quantity}{unit} | {j.outcome} | {c['emu']} | "
+                     f"{c['interval']} | {c['sim']} | {c['band']} | {j.n_emu} | {j.deff:.1f} |")
+    return lines + [""]
+
+
+def write_report(run_dir: Path, rows: list[FlowComparison], plots: list[Path],
+                 notes: list[str], title: str | None = None, verdict: Any = None) -> Path:
+    """Write ``run_dir/report.md``: the fidelity verdict first (when given),
+    notes, the comparison table and the plots (linked relative to run_dir so
+    the directory can be moved). Returns it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = run_dir / "report.md"
+    lines = [f"# {title or 'Emulated vs simulated: ' + run_dir.name}", ""]
+    if verdict is not None or notes:
+        lines += verdict_lines(verdict)
+    if notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    lines += ["## Per-flow comparison", "",
+              "Relative error is (simulated - emulated) / emulated. Latencies "
+              "are one-way, in milliseconds; percentiles interpolate linearly.",
+              "", format_table(rows, markdown=True), ""]
+    if plots:
+        lines += ["## Latency CDFs", ""]
+        for plot in plots:
+            rel = Path(os.path.relpath(Path(plot).resolve(), run_dir.resolve()))
+            lines += [f"![{rel.stem}]({rel.as_posix()})", ""]
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report
+
+
+def delay_floor_violations(topology: Topology, emu_events: Iterable[dict[str, Any]],
+                           slack_s: float = DELAY_FLOOR_SLACK_S) -> list[str]:
+    """Flows whose fastest emulated message beat the link's configured delay
+    (minus jitter and slack): proof the impairment was not applied. An empty
+    list means the impairment was applied."""
+    problems = []
+    by_name = {f.name: f for f in topology.flows}
+    for name, fs in flow_stats(emu_events).items():
+        flow = by_name.get(name)
+        if flow is None or fs.min is None:
+            continue
+        link = topology.link(flow.src, flow.dst)
+        floor = max(0.0, link.delay_s - link.jitter_s) - slack_s
+        if fs.min < floor:
+            problems.append(f"{name}: fastest emulated latency {fs.min * 1000:.2f} ms "
+                            f"is below the {flow.src}->{flow.dst} link delay "
+                            f"{link.delay_s * 1000:g} ms (jitter {link.jitter_s * 1000:g} ms)")
+    return problems

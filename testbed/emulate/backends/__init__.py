@@ -1,0 +1,50 @@
+"""Host backends: make one host per ensemble on a fresh bridge, run a command in each.
+
+Owns the choice between backends (``make_backend``) and the sweep of
+leftovers from earlier runs (``cleanup_stale``). Never applies impairments.
+"""
+from __future__ import annotations
+
+import logging
+
+from testbed.emulate.backends.base import Backend, BackendError, Host
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Backend", "BackendError", "Host", "make_backend", "cleanup_stale"]
+
+NAMES = ("docker", "netns")
+
+
+def make_backend(name: str | None = None, **kwargs) -> Backend:
+    """A backend by name; None/"auto" means docker if its engine answers, else netns.
+
+    kwargs go to the backend's constructor (e.g. image=, repo_root=).
+    """
+    if name in (None, "auto"):
+        from testbed.emulate.backends.docker import client_or_none
+        client = client_or_none()
+        name = "docker" if client is not None else "netns"
+        if client is not None:
+            kwargs.setdefault("client", client)
+        log.info("backend auto: %s", name)
+    if name == "docker":
+        from testbed.emulate.backends.docker import DockerBackend
+        return DockerBackend(**kwargs)
+    if name == "netns":
+        from testbed.emulate.backends.netns import NetnsBackend
+        return NetnsBackend(**kwargs)
+    raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)} or 'auto'")
+
+
+def cleanup_stale() -> list[str]:
+    """Remove leftovers of runs whose owning process is gone; return what was removed.
+
+    Runs of live processes (their claim in /run/ttnet/runs) are left alone.
+    """
+    from testbed.emulate.backends import docker as docker_backend
+    from testbed.emulate.backends import netns as netns_backend
+    removed = docker_backend.cleanup_stale() + netns_backend.cleanup_stale()
+    for item in removed:
+        log.info("removed stale %s", item)
+    return removed

@@ -1,0 +1,212 @@
+"""Backend: one docker container per ensemble on a per-run bridge network.
+
+Owns, per run id ``rid``: the network ``ttnet-<rid>`` (bridge device
+``ttdk<rid>``, an explicit free /24 from ``testbed.emulate.net``) and containers
+``ttnet-<rid>-<ensemble>``, all labelled ``ttnet.run=<rid>``. Containers
+are not auto-removed so exit codes and logs stay readable until down().
+The run directory is bind-mounted at ``/results``.
+
+Must never: pull images, touch containers or networks without its label, or
+leave any of them behind after down() or a failed up().
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from testbed.emulate import net
+from testbed.emulate.backends.base import CTL_DIR, Backend, BackendError, CommandFn, Host, gated
+from testbed.spec.model import Topology
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+LABEL = "ttnet.run"
+RESULTS_MOUNT = "/results"
+# Parallel create/start calls: enough to hide dockerd's per-call latency on
+# 2 cores, below docker-py's connection pool size (10).
+WORKERS = 8
+STOP_GRACE_S = 2  # SIGTERM first so agents can flush their event logs
+
+
+def client_or_none(timeout: int = 5):
+    """A docker client if the engine answers, else None."""
+    try:
+        c = docker.from_env(timeout=timeout)
+        c.ping()
+        return c
+    except Exception as e:
+        log.debug("docker engine not available: %s", e)
+        return None
+
+
+def teardown_run(client, rid: str) -> list[str]:
+    """Remove every container and network labelled with run rid."""
+    removed: list[str] = []
+    flt = {"label": f"{LABEL}={rid}"}
+    with ThreadPoolExecutor(WORKERS) as pool:
+        def rm(c: dict) -> str | None:
+            try:
+                client.api.remove_container(c["Id"], force=True)
+                return f"container {c['Names'][0].lstrip('/')}"
+            except docker.errors.NotFound:
+                return None
+        removed += [r for r in pool.map(rm, client.api.containers(all=True, filters=flt)) if r]
+    for n in client.api.networks(filters=flt):
+        try:
+            client.api.remove_network(n["Id"])
+            removed.append(f"network {n['Name']}")
+        except docker.errors.NotFound:
+            pass
+    net.release_run(rid)
+    return removed
+
+
+def cleanup_stale(client=None) -> list[str]:
+    """Remove docker leftovers of runs whose owner process is gone."""
+    client = client or client_or_none()
+    if client is None:
+        return []
+    rids = {c["Labels"][LABEL] for c in client.api.containers(all=True, filters={"label": LABEL})}
+    rids |= {n["Labels"][LABEL] for n in client.api.networks(filters={"label": LABEL})}
+    rids |= {c.run_id for c in net.claims() if c.backend == "docker"}
+    live = {c.run_id for c in net.claims() if c.owner_alive}
+    removed: list[str] = []
+    for rid in sorted(rids - live):
+        removed += teardown_run(client, rid)
+    return removed
+
+
+class DockerBackend(Backend):
+    """Ensembles as containers of the ensemble image (built on demand)."""
+
+    name = "docker"
+
+    def __init__(self, image: str | None = None, repo_root: Path | None = None,
+                 client=None, run_id: str | None = None) -> None:
+        super().__init__(run_id or net.new_net_tag())
+        self.client = client or docker.from_env(timeout=120)
+        self.image = image
+        self.repo_root = Path(repo_root or REPO_ROOT).resolve()
+        self._ids: dict[str, str] = {}
+        self._codes: dict[str, int] = {}
+        self._run_dir: Path | None = None
+        self._down = False
+
+    def _up(self, topology: Topology, run_dir: Path, command: CommandFn) -> dict[str, Host]:
+        if self.image is None:
+            from testbed.emulate.image import ensure_image
+            self.image = ensure_image(self.repo_root, self.client)
+        rid, api = self.run_id, self.client.api
+        self._run_dir = run_dir
+        subnet = net.claim_subnet(rid, self.name, self.client)
+        ips = net.host_addresses(subnet, len(topology.ensembles))
+        netname = f"ttnet-{rid}"
+        api.create_network(
+            netname, driver="bridge", labels={LABEL: rid},
+            options={"com.docker.network.bridge.name": f"ttdk{rid}"},
+            ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
+                subnet=str(subnet), gateway=str(next(subnet.hosts())))]))
+        hosts = {name: Host(name, ip, "", "eth0", RESULTS_MOUNT)
+                 for name, ip in zip(topology.ensembles, ips, strict=True)}
+
+        def create_and_start(host: Host) -> tuple[str, str]:
+            argv = gated(list(command(host)), f"{RESULTS_MOUNT}/{CTL_DIR}", host.name)
+            cid = api.create_container(
+                self.image, argv, name=f"ttnet-{rid}-{host.name}", hostname=host.name,
+                labels={LABEL: rid, "ttnet.ensemble": host.name},
+                environment={"TTNET_RUN": rid, "TTNET_ENSEMBLE": host.name,
+                             "TTNET_RESULTS": RESULTS_MOUNT},
+                host_config=api.create_host_config(
+                    binds={str(run_dir): {"bind": RESULTS_MOUNT, "mode": "rw"}},
+                    network_mode=netname, init=True, auto_remove=False),
+                networking_config=api.create_networking_config(
+                    {netname: api.create_endpoint_config(ipv4_address=host.ip)}),
+            )["Id"]
+            self._ids[host.name] = cid
+            api.start(cid)
+            return host.name, cid
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            # list(): re-raise the first failure here; down() removes the rest.
+            list(pool.map(create_and_start, hosts.values()))
+        for name, cid in self._ids.items():
+            state = api.inspect_container(cid)["State"]
+            path = f"/proc/{state['Pid']}/ns/net"
+            if not state["Running"] or not os.path.exists(path):
+                raise BackendError(f"container of {name!r} is not running "
+                                   f"(exit {state['ExitCode']}): {self._read_logs(name)[-2000:]}")
+            hosts[name] = Host(name, hosts[name].ip, path, "eth0", RESULTS_MOUNT)
+        log.info("docker run %s: %d containers on %s (%s)", rid, len(hosts), netname, subnet)
+        return hosts
+
+    def _poll(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for name, cid in self._ids.items():
+            state = self.client.api.inspect_container(cid)["State"]
+            out[name] = None if state["Running"] else state["ExitCode"]
+        return out
+
+    def wait(self, timeout_s: float) -> dict[str, int]:
+        deadline = time.monotonic() + timeout_s
+        api = self.client.api
+        for name, cid in self._ids.items():
+            if name in self._codes:
+                continue
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                self._codes[name] = api.wait(cid, timeout=remaining)["StatusCode"]
+            except Exception:  # requests' ReadTimeout/ConnectionError: still running
+                state = api.inspect_container(cid)["State"]
+                if state["Running"]:
+                    log.warning("docker run %s: %s still running after %.1f s, killing",
+                                self.run_id, name, timeout_s)
+                    try:
+                        api.kill(cid)
+                    except docker.errors.APIError:
+                        pass
+                    api.wait(cid, timeout=30)
+                    self._codes[name] = -9
+                else:
+                    self._codes[name] = state["ExitCode"]
+        return {n: self._codes[n] for n in self._ids}
+
+    def _read_logs(self, name: str) -> str:
+        cid = self._ids.get(name)
+        if cid is None:
+            return ""
+        try:
+            return self.client.api.logs(cid, stdout=True, stderr=True).decode(errors="replace")
+        except docker.errors.NotFound:
+            return ""
+
+    def down(self) -> None:
+        if self._down:
+            return
+        self._down = True
+        api = self.client.api
+
+        def stop(item: tuple[str, str]) -> None:
+            name, cid = item
+            try:
+                if api.inspect_container(cid)["State"]["Running"]:
+                    api.stop(cid, timeout=STOP_GRACE_S)
+                self._logs[name] = self._read_logs(name)
+            except docker.errors.NotFound:
+                self._logs.setdefault(name, "")
+            except Exception:  # keep going: teardown below removes it regardless
+                log.exception("stopping container of %s", name)
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(stop, self._ids.items()))
+        removed = teardown_run(self.client, self.run_id)
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir / CTL_DIR, ignore_errors=True)
+        log.info("docker run %s down: removed %d items", self.run_id, len(removed))

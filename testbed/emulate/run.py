@@ -1,0 +1,198 @@
+"""One emulated run of a topology: hosts -> impairments -> agents -> results.
+
+Owns the order of a run and its results directory
+``results/<topology>/<run-id>/``: ``topology.yaml`` (the validated model),
+``plan.json`` and ``go.json`` (what agents read), ``events-*.jsonl`` (what
+agents wrote), ``meta.json`` (backend, impairment engine, versions, kernel,
+timings, agent exit codes, counters and outcomes -- what became of each
+ensemble's own messages, see :mod:`testbed.guest.agent`) and ``logs/``.
+
+Must never: leave a container, network, namespace, iptables rule or
+process behind -- on success, failure or Ctrl-C, ``down`` runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from testbed.spec.jsonio import write_json_atomic
+from testbed.spec.model import Topology
+from testbed.spec.plan import flows_plan, new_run_id
+from testbed.spec.topology import topology_to_yaml
+
+log = logging.getLogger(__name__)
+
+AGENT_PORT = 8225            # TTPython's default receive port
+#: Agents must be bound and waiting within this long after their hosts start.
+READY_TIMEOUT_S = 60.0
+#: Head start between the go signal and the first send, so every agent has
+#: read go.json before traffic starts.
+START_DELAY_S = 0.5
+#: Extra time past the topology's last deadline before agents give up.
+END_GRACE_S = 5.0
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Every agent exited 0 (see :mod:`testbed.guest.agent` for the codes)."""
+        return all(code == 0 for code in self.meta.get("exit_codes", {}).values())
+
+    @property
+    def ensure_failures(self) -> int:
+        """ensure=True messages that failed, were unresolved at the end time
+        or were never sent, over all ensembles. An agent that left no
+        outcome counts every ensure=True message it sources."""
+        return sum(int(o.get("ensure_failures", 0))
+                   for o in self.meta.get("outcomes", {}).values())
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "kernel": platform.release(),
+           "machine": platform.machine()}
+    try:
+        import ttnet
+        out["ttnet"] = ttnet.__version__
+    except Exception:  # pragma: no cover
+        pass
+    for mod in ("docker", "pyroute2", "simpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return out
+
+
+def run_emulation(topology: Topology, backend_name: str | None = None,
+                  results_root: Path = Path("results"), run_id: str | None = None,
+                  progress: Progress | None = None, engine_overrides: dict | None = None,
+                  impair_engine: str | None = None,
+                  extra_setup: Callable[[dict], None] | None = None) -> RunResult:
+    """Run ``topology`` on a backend and return where its results are.
+
+    ``extra_setup(hosts)`` runs after the impairments and before any agent
+    starts; whatever it adds inside a host's namespace dies with the host."""
+    from testbed.emulate.backends import make_backend
+    from testbed.emulate.impair import Impairments
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    run_id = run_id or new_run_id()
+    run_dir = (results_root / topology.name / run_id).resolve()
+    run_dir.mkdir(parents=True)
+    (run_dir / "logs").mkdir()
+    (run_dir / "topology.yaml").write_text(topology_to_yaml(topology))
+    plan = {"run_id": run_id, "topology": topology.name, "ensembles": list(topology.ensembles),
+            "port": AGENT_PORT, "flows": flows_plan(topology), "auth_key": topology.auth_key,
+            "engine": engine_overrides or {}}
+    write_json_atomic(run_dir / "plan.json", plan)
+    meta: dict = {"run_id": run_id, "topology": topology.name, "kind": "emulated",
+                  "versions": _versions(), "started": time.time(), "seed": topology.seed}
+
+    backend = make_backend(backend_name)
+    meta["backend"] = backend.name
+    impair = Impairments(f"{run_id[-4:]}", seed=topology.seed, engine=impair_engine,
+                         log_dir=run_dir / "logs")
+    hosts: dict = {}
+
+    def command(host) -> list[str]:
+        return ["python3", "-m", "testbed.guest.agent", "--name", host.name,
+                "--results", host.results_dir]
+
+    def apply_links(hs: dict) -> None:
+        t = time.monotonic()
+        for h in hs.values():
+            egress = {o.ip: topology.link(h.name, o.name) for o in hs.values() if o is not h}
+            impair.apply(h.netns_path, h.ifname, egress, label=h.name)
+        if extra_setup is not None:
+            extra_setup(hs)      # e.g. a test's extra iptables rules in a host
+        meta["impair_s"] = round(time.monotonic() - t, 3)
+
+    try:
+        say(f"[{topology.name}] up: {len(topology.ensembles)} ensembles on {backend.name}")
+        t0 = time.monotonic()
+        hosts = backend.up(topology, run_dir, command, before_start=apply_links)
+        meta["up_s"] = round(time.monotonic() - t0, 3)
+        meta["impairment_engine"] = impair.engine
+        meta["hosts"] = {n: h.ip for n, h in hosts.items()}
+        say(f"[{topology.name}] up in {meta['up_s']:.1f}s; impairments via {impair.engine}")
+        _await_agents(run_dir, topology, READY_TIMEOUT_S, backend)
+        start_at = time.time() + START_DELAY_S
+        end_at = start_at + topology.expected_duration_s() + END_GRACE_S
+        write_json_atomic(run_dir / "go.json", {
+            "routes": {n: f"{h.ip}:{AGENT_PORT}" for n, h in hosts.items()},
+            "start_at": start_at, "end_at": end_at})
+        say(f"[{topology.name}] running flows (at most {end_at - time.time():.0f}s)")
+        codes = backend.wait(timeout_s=end_at - time.time() + 15)
+        meta["exit_codes"] = codes
+        meta["run_s"] = round(time.time() - start_at, 3)
+        meta["impair_stats"] = impair.stats()
+    finally:
+        for name in hosts:
+            try:
+                (run_dir / "logs" / f"{name}.log").write_text(backend.logs(name))
+            except Exception:
+                log.debug("no logs for %s", name, exc_info=True)
+        impair.close()
+        t1 = time.monotonic()
+        backend.down()
+        meta["down_s"] = round(time.monotonic() - t1, 3)
+        meta["counters"] = _read_counters(run_dir, topology)
+        meta["outcomes"] = _read_outcomes(run_dir, topology)
+        meta["finished"] = time.time()
+        write_json_atomic(run_dir / "meta.json", meta)
+        say(f"[{topology.name}] down in {meta['down_s']:.1f}s")
+    return RunResult(run_dir, meta)
+
+
+def _await_agents(run_dir: Path, topology: Topology, timeout_s: float, backend) -> None:
+    deadline = time.monotonic() + timeout_s
+    want = [run_dir / f"ready-{e}" for e in topology.ensembles]
+    while time.monotonic() < deadline:
+        if all(p.exists() for p in want):
+            return
+        time.sleep(0.05)
+    missing = [p.name[6:] for p in want if not p.exists()]
+    logs = {m: backend.logs(m)[-2000:] for m in missing[:3]}
+    raise RuntimeError(f"agents never became ready: {missing}; last log lines: {logs}")
+
+
+def _read_counters(run_dir: Path, topology: Topology) -> dict:
+    out = {}
+    for e in topology.ensembles:
+        p = run_dir / f"counters-{e}.json"
+        if p.exists():
+            try:
+                out[e] = json.loads(p.read_text())
+            except ValueError:
+                out[e] = {"unreadable": 1}
+    return out
+
+
+def _read_outcomes(run_dir: Path, topology: Topology) -> dict:
+    """Each agent's ``outcome-<name>.json``. An agent that left none, or an
+    unreadable one (it crashed, never got the go signal, the run was
+    aborted), gets ``{"missing": True}`` with every ensure=True message it
+    sources counted in ``ensure_failures``: nothing says they arrived."""
+    out = {}
+    for e in topology.ensembles:
+        try:
+            got = json.loads((run_dir / f"outcome-{e}.json").read_text())
+        except (OSError, ValueError):
+            got = None
+        if isinstance(got, dict) and isinstance(got.get("ensure_failures"), int):
+            out[e] = got
+        else:
+            ensure = sum(f.count for f in topology.flows if f.src == e and f.ensure)
+            out[e] = {"ensemble": e, "missing": True, "ensure_failures": ensure}
+    return out

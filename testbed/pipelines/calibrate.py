@@ -1,0 +1,172 @@
+"""Calibrating the simulator's host model on this machine.
+
+Owns measuring what the emulating host adds to every datagram beyond the
+link model -- ttnet's Python engine, threads and socket calls on each side
+and, on kernels without netem, the NFQUEUE verdict daemon -- and storing it
+in ``results/calibration.json`` as a :class:`testbed.simulate.simulator.HostModel`.
+
+Three parts: ``host_cost_s``, CPU time per datagram on each host
+(serialised: it limits bulk transfers); ``hop_latency_s``, the median extra
+latency per datagram that occupies no CPU; ``hop_noise_s``, the spread
+around it, a distribution (quantiles), so simulated tails come from the
+host as measured, not from a constant. Method: emulate two ensembles on a
+1 ms lossless link (LAN-class: there the host, not the link, limits a
+bulk transfer), first small messages alone (nothing else competing), then
+a bulk flow (1 MB messages, long enough to be CPU-bound). A small message crosses three hops
+(REQ, ACK_START, DATA): its latency minus the link delays, centred on its
+median and scaled by 1/sqrt(3), gives per-hop deviations whose sum over
+three hops has the measured variance; the median fixes the hop latency
+(linear: solved directly) and the bulk median the CPU cost (bisection:
+latency grows monotonically with it), alternating a few times.
+Recalibrate with ``python -m testbed calibrate`` after changing the
+machine, the kernel or ttnet's engine.
+
+Must never: be silently skipped -- an uncalibrated simulation says so in its
+metadata (``host_cost.source == "default"``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+
+from testbed.simulate.host import CALIBRATION_NAME, DEFAULT_HOST_COST_S, HostModel, load_calibration
+from testbed.simulate.simulator import simulate_host
+from testbed.spec.model import Flow, LinkSpec, Topology
+from testbed.spec.quantiles import percentile
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_FILE = Path("results") / CALIBRATION_NAME
+#: Levels at which the per-hop spread is stored (0, 1, ..., 100 %).
+NOISE_LEVELS = 101
+#: When the small-message phase ends and the bulk phase starts (s).
+BULK_START_S = 7.0
+
+
+def calibration_topology(size: int = 1_000_000, count: int = 20, delay_s: float = 0.001) -> Topology:
+    """Two ensembles, one impaired (so the NFQUEUE path is exercised) but
+    lossless link: small messages alone first (they fit the per-hop latency
+    and its spread), then a bulk flow (it fits the per-datagram CPU cost)."""
+    link = LinkSpec(delay_s=delay_s)
+    small = Flow(name="small", src="c1", dst="c0", sizes=(64,), count=160,
+                 interval_s=0.04, ensure=True, deadline_s=5.0)
+    # 1 MB (834 datagrams) is long enough to be limited by the hosts' CPUs,
+    # not by round trips: its latency identifies the per-datagram cost.
+    bulk = Flow(name="bulk", src="c0", dst="c1", sizes=(size,), count=count,
+                interval_s=0.3, ensure=True, deadline_s=10.0, start_s=BULK_START_S)
+    return Topology(name="calibration", ensembles=("c0", "c1"), default_link=link,
+                    flows=(bulk, small), seed=7)
+
+
+def _latencies(events: list[dict], flow: str) -> list[float]:
+    sends = {(e["flow"], e["msg"]): e["t"] for e in events if e["event"] == "send"}
+    lat = [e["t"] - sends[(e["flow"], e["msg"])] for e in events
+           if e["event"] == "deliver" and e.get("flow") == flow
+           and (e["flow"], e["msg"]) in sends]
+    if not lat:
+        raise RuntimeError(f"calibration flow {flow!r} delivered nothing; check the testbed "
+                           "with `python -m testbed run pair`")
+    return lat
+
+
+def _median_latency(events: list[dict], flow: str) -> float:
+    return statistics.median(_latencies(events, flow))
+
+
+def hop_noise(small_latencies: list[float], hops: int = 3) -> tuple[float, ...]:
+    """Per-hop deviations (median 0) whose sum over ``hops`` independent
+    hops has the variance of the measured message latencies."""
+    med = statistics.median(small_latencies)
+    scale = 1 / math.sqrt(hops)
+    dev = [(x - med) * scale for x in small_latencies]
+    return tuple(percentile(dev, 100 * i / (NOISE_LEVELS - 1)) for i in range(NOISE_LEVELS))
+
+
+def _sim_median(topology: Topology, flow: str, host: HostModel) -> float:
+    """The simulated median; infinite when the model delivers nothing (at
+    a CPU cost far too high, timeouts fire before any acknowledgement)."""
+    try:
+        return _median_latency(simulate_host(topology, host)[0], flow)
+    except RuntimeError:
+        return math.inf
+
+
+def _with(host: HostModel, **changes) -> HostModel:
+    from dataclasses import replace
+    return replace(host, **changes)
+
+
+def fit_host_cost(topology: Topology, target_s: float, host: HostModel, lo: float = 0.0,
+                  hi: float = 1e-3, steps: int = 18) -> float:
+    """Per-datagram CPU cost for which the simulated bulk median equals
+    target_s (latency grows monotonically with the cost: bisection)."""
+    if _sim_median(topology, "bulk", _with(host, host_cost_s=lo)) >= target_s:
+        return lo
+    while _sim_median(topology, "bulk", _with(host, host_cost_s=hi)) < target_s and hi < 0.05:
+        hi *= 2
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if _sim_median(topology, "bulk", _with(host, host_cost_s=mid)) < target_s:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def fit_hop_latency(topology: Topology, target_s: float, host: HostModel) -> float:
+    """A small message crosses three datagram hops (REQ, ACK_START, DATA),
+    so its median latency moves by three hop latencies: solve directly."""
+    now = _sim_median(topology, "small", host)
+    return max(0.0, host.hop_latency_s + (target_s - now) / 3)
+
+
+def fit(topology: Topology, events: list[dict]) -> HostModel:
+    """The host model that reproduces an emulated calibration run."""
+    small = _latencies(events, "small")
+    emu_bulk, emu_small = _median_latency(events, "bulk"), statistics.median(small)
+    host = HostModel(0.0, 0.0, hop_noise(small), "calibrated")
+    for _ in range(3):          # the parameters interact a little; iterate
+        host = _with(host, hop_latency_s=fit_hop_latency(topology, emu_small, host))
+        host = _with(host, host_cost_s=fit_host_cost(topology, emu_bulk, host))
+    return host
+
+
+def calibrate(backend: str | None = None, results_root: Path = Path("results"),
+              progress=None) -> dict:
+    from testbed.emulate.run import run_emulation
+    from testbed.analysis.stats import load_events
+
+    topo = calibration_topology()
+    res = run_emulation(topo, backend, results_root=results_root, progress=progress)
+    events = load_events(res.run_dir)
+    host = fit(topo, events)
+    small = _latencies(events, "small")
+    bulk_s = _median_latency(events, "bulk")
+    datagrams = -(-topo.flows[0].sizes[0] // 1200)
+    info = {"host_cost_s": host.host_cost_s, "hop_latency_s": host.hop_latency_s,
+            "hop_noise_s": list(host.hop_noise_s), "source": "calibrated",
+            "measured_bulk_median_s": _median_latency(events, "bulk"),
+            "measured_small_median_s": statistics.median(small),
+            "measured_small_p95_s": percentile(small, 95),
+            # DATA one way and an ACK for each the other, through the
+            # impairment engine, while one CPU-bound transfer runs
+            "capacity_pps": 2 * datagrams / bulk_s,
+            "bulk_size": topo.flows[0].sizes[0], "link_delay_s": topo.default_link.delay_s,
+            "backend": res.meta.get("backend"), "impairment_engine": res.meta.get("impairment_engine"),
+            "run_dir": str(res.run_dir), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = results_root / CALIBRATION_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def load_host_cost(results_root: Path = Path("results")) -> dict:
+    """The stored calibration, or the default host model's numbers."""
+    info = load_calibration(results_root)
+    if info is not None:
+        return info
+    return {"host_cost_s": DEFAULT_HOST_COST_S, "hop_latency_s": 0.0, "source": "default"}

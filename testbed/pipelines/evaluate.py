@@ -1,0 +1,186 @@
+"""Emulated run -> simulated baseline -> comparison, plots and report.md.
+
+Owns the last step of an experiment: given an emulated run directory,
+simulate the same topology into ``<run>/sim/`` (unless a simulation made by
+the same model is already there), compare per flow, judge fidelity
+(:mod:`testbed.analysis.fidelity`) for every flow whose links both ways have at
+least 0.5 ms of delay, draw CDFs and write ``report.md``, which leads with
+the verdict. Never runs an emulation.
+
+The host model a run is judged with is pinned in the run directory
+(``calibration.json``) the first time it is compared, so the same run gets
+the same verdict whichever calibration is found beside it later.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from testbed.spec.topology import load_topology
+
+if TYPE_CHECKING:
+    from testbed.analysis.fidelity import Verdict
+
+#: The fidelity target covers every link class from a LAN up: flows whose
+#: links both ways have at least this much delay are judged. Below it the
+#: latency is all host (scheduling, Python), which the model only sketches.
+FIDELITY_MIN_DELAY_S = 0.0005
+CALIBRATION_NAME = "calibration.json"
+
+
+class NotAnEmulatedRun(ValueError):
+    """compare was pointed at something that is not an emulated run."""
+
+
+def _sim_is_current(sim_dir: Path, host_key: dict, replications: int, topo_yaml: str) -> bool:
+    from testbed.simulate.simulator import model_version
+    try:
+        meta = json.loads((sim_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return ((sim_dir / "events-sim.jsonl").exists()
+            and meta.get("host_model") == host_key
+            and meta.get("replications") == replications
+            and meta.get("model_version") == model_version()
+            and (sim_dir / "topology.yaml").exists()
+            and (sim_dir / "topology.yaml").read_text() == topo_yaml)
+
+
+def run_calibration(run_dir: Path, calibration: dict | None) -> tuple[dict | None, str]:
+    """The calibration to judge ``run_dir`` with, and where it came from:
+    an explicit one (then pinned), the one pinned in the run, or the one
+    under the results root (then pinned)."""
+    from testbed.simulate.host import load_calibration
+    pinned = run_dir / CALIBRATION_NAME
+    if calibration is not None:
+        where = "given"
+    elif pinned.exists() and (got := load_calibration(run_dir)) is not None:
+        return got, "pinned in the run"
+    else:
+        calibration = load_calibration(run_dir.parent.parent)
+        where = "results root" if calibration is not None else "none (default host model)"
+    if calibration is not None:
+        pinned.write_text(json.dumps(calibration, indent=1))
+    return calibration, where
+
+
+def compare_run(run_dir: Path, simulate_if_missing: bool = True,
+                calibration: dict | None = None,
+                replications: int | None = None) -> tuple[list, "Verdict | None", Path]:
+    """Simulate (into run_dir/sim) if needed, compare, judge, plot, write
+    report.md. Returns (rows, verdict, report); the verdict is None when no
+    flow is in the fidelity target.
+
+    Raises NotAnEmulatedRun for a simulated run directory or a directory
+    without an emulated run's files."""
+    from testbed.analysis.compare import compare, delay_floor_violations, plot_cdfs, write_report
+    from testbed.analysis.fidelity import judge
+    from testbed.simulate.host import HostModel
+    from testbed.simulate.simulator import REPLICATIONS, run_simulation
+    from testbed.analysis.stats import flow_stats, load_events
+
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "meta.json"
+    if not (run_dir / "topology.yaml").exists() or not meta_path.exists():
+        raise NotAnEmulatedRun(f"{run_dir} is not a run directory (no topology.yaml and "
+                               "meta.json); pass results/<topology>/<run-id>")
+    emu_meta = json.loads(meta_path.read_text())
+    if emu_meta.get("kind") == "simulated" or emu_meta.get("backend") == "sim":
+        raise NotAnEmulatedRun(f"{run_dir} is a simulated run: compare judges an emulated "
+                               "run against its simulation; pass the emulated run directory")
+    replications = replications or REPLICATIONS
+    topo = load_topology(run_dir / "topology.yaml")
+    calibration, cal_source = run_calibration(run_dir, calibration)
+    host = HostModel.from_calibration(calibration)
+    sim_dir = run_dir / "sim"
+    if not _sim_is_current(sim_dir, host.key(), replications,
+                           (run_dir / "topology.yaml").read_text()):
+        if not simulate_if_missing:
+            raise FileNotFoundError(f"{sim_dir} has no current simulation; "
+                                    "run `python -m testbed compare` to make it")
+        shutil.rmtree(sim_dir, ignore_errors=True)
+        run_simulation(topo, out_dir=sim_dir, host=host, replications=replications)
+    emu, sim = load_events(run_dir), load_events(sim_dir)
+    rows = compare(emu, sim)
+    sim_meta = json.loads((sim_dir / "meta.json").read_text())
+    floor = delay_floor_violations(topo, emu)
+    by_name = {f.name: f for f in topo.flows}
+
+    def in_target(flow_name: str) -> bool:
+        # A message crosses both directions (REQ out, ACK_START back).
+        f = by_name.get(flow_name)
+        return f is not None and min(topo.link(f.src, f.dst).delay_s,
+                                     topo.link(f.dst, f.src).delay_s) >= FIDELITY_MIN_DELAY_S
+
+    cal_backend = (calibration or {}).get("backend")
+    notes = [f"emulated on {emu_meta.get('backend', '?')} with impairments via "
+             f"{emu_meta.get('impairment_engine', '?')}; simulated with host model "
+             f"{host.host_cost_s * 1e6:.1f} us CPU/datagram + {host.hop_latency_s * 1e6:.0f} us/hop"
+             f"{' (+ measured spread)' if host.hop_noise_s else ''} "
+             f"({host.source}, calibration: {cal_source}), {sim_meta.get('replications', 1)} "
+             f"replications, {sim_meta.get('speedup_span')}x faster than real time"]
+    if cal_backend and cal_backend != emu_meta.get("backend"):
+        notes.append(f"the calibration was measured on {cal_backend}, the run on "
+                     f"{emu_meta.get('backend')}: recalibrate on the run's backend")
+    notes += load_notes(emu_meta, calibration)
+    notes += floor
+    judged = [r for r in rows if in_target(r.flow)]
+    skipped = sorted(r.flow for r in rows if not in_target(r.flow))
+    verdict = None
+    if skipped:
+        notes.append(f"not judged (a link under {FIDELITY_MIN_DELAY_S * 1000:g} ms): "
+                     f"{', '.join(skipped)}")
+    if judged:
+        by_rep: dict[int, list[dict]] = {}
+        for e in sim:
+            by_rep.setdefault(e.get("replication", 0), []).append(e)
+        replicated = [flow_stats(evs) for evs in by_rep.values()]
+        structural = [f"impairment not applied: {p}" for p in floor]
+        verdict = judge(judged, replicated, structural)
+    plots = plot_cdfs(rows, run_dir, title=topo.name)
+    report = write_report(run_dir, rows, plots, notes, verdict=verdict,
+                          title=f"{topo.name}: emulated vs simulated")
+    (run_dir / "verdict.json").write_text(json.dumps(
+        verdict_summary(verdict), indent=1, sort_keys=True))
+    return rows, verdict, report
+
+
+#: Above this share of the emulator's measured capacity, queueing inside the
+#: emulator itself (the NFQUEUE daemon, the hosts' two cores) starts to show
+#: in latencies: the report warns.
+CAPACITY_WARN_SHARE = 0.5
+
+
+def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
+    """How hard the run drove the emulator, against the capacity measured
+    at calibration (datagrams/s through the impairment engine while one
+    CPU-bound bulk transfer ran)."""
+    links = (emu_meta.get("impair_stats") or {}).get("links") or {}
+    run_s = emu_meta.get("run_s") or 0
+    if not links or run_s <= 0:
+        return []
+    total = sum(v.get("seen", 0) for v in links.values()) / run_s
+    busiest, seen = max(((k, v.get("seen", 0)) for k, v in links.items()), key=lambda kv: kv[1])
+    text = (f"emulator load: {total:.0f} datagrams/s on average through the impairment engine "
+            f"over the run, busiest link {busiest} at {seen / run_s:.0f}/s")
+    cap = (calibration or {}).get("capacity_pps")
+    if not cap:
+        return [text + " (no capacity measured: recalibrate)"]
+    text += f"; measured capacity {cap:.0f} datagrams/s ({total / cap * 100:.0f}% of it)"
+    if total > CAPACITY_WARN_SHARE * cap:
+        text += (". WARNING: above half the emulator's capacity, its own queueing shows in "
+                 "latencies; spread the flows or use a bigger machine")
+    return [text]
+
+
+def verdict_summary(verdict: "Verdict | None") -> dict:
+    """The verdict as plain data (``verdict.json`` beside the report)."""
+    if verdict is None:
+        return {"outcome": "NOT JUDGED", "judgements": []}
+    return {"outcome": verdict.outcome, "z": verdict.z, "family_alpha": verdict.family_alpha,
+            "tolerances": verdict.tolerances, "structural": verdict.structural,
+            "counts": {"pass": len(verdict.passed), "fail": len(verdict.failed),
+                       "undetermined": len(verdict.undetermined)},
+            "judgements": [vars(j) for j in verdict.judgements]}

@@ -1,0 +1,70 @@
+"""The simulator's model of the emulating host: what a datagram picks up
+beyond the link (CPU per datagram, wake-up latency, its spread).
+
+Owns :class:`HostModel` and reading the stored calibration. It never measures
+anything itself (``testbed.pipelines.calibrate`` does) and never runs a
+simulation.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_NAME = "calibration.json"
+#: Used when no calibration exists: roughly what the UDP stack alone costs
+#: per datagram on a 2-core VM (measured once here; recalibrate!).
+DEFAULT_HOST_COST_S = 40e-6
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """What the emulating host adds to every datagram beyond the link:
+    ``host_cost_s`` of CPU on each side (serialised per host: it limits bulk
+    transfers), ``hop_latency_s`` of latency that occupies no CPU (thread
+    wake-ups, the NFQUEUE pass), and ``hop_noise_s``, the spread around it
+    (quantiles of a per-datagram draw, median 0). Fitted by
+    ``testbed.pipelines.calibrate``; ``source`` says where it came from."""
+
+    host_cost_s: float = DEFAULT_HOST_COST_S
+    hop_latency_s: float = 0.0
+    hop_noise_s: tuple[float, ...] = ()
+    source: str = "default"
+    info: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not (self.host_cost_s >= 0 and self.hop_latency_s >= 0):
+            raise ValueError(f"host model needs host_cost_s >= 0 and hop_latency_s >= 0, "
+                             f"got {self.host_cost_s!r}, {self.hop_latency_s!r}")
+
+    @classmethod
+    def from_calibration(cls, info: dict | None) -> "HostModel":
+        if not info:
+            return cls()
+        return cls(float(info["host_cost_s"]), float(info.get("hop_latency_s", 0.0)),
+                   tuple(float(x) for x in info.get("hop_noise_s", ())),
+                   str(info.get("source", "calibrated")), dict(info))
+
+    def key(self) -> dict:
+        """What identifies this model in a cached simulation."""
+        return {"host_cost_s": self.host_cost_s, "hop_latency_s": self.hop_latency_s,
+                "hop_noise_s": list(self.hop_noise_s), "source": self.source}
+
+
+def load_calibration(results_root: Path = Path("results")) -> dict | None:
+    """The calibration stored in directory ``results_root`` (a results root,
+    or a run it was pinned into), or None if there is none or it is
+    unreadable."""
+    path = Path(results_root) / CALIBRATION_NAME
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        float(info["host_cost_s"])
+        return info
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s is unreadable; using the default host model", path)
+        return None

@@ -1,0 +1,190 @@
+"""The simpy baseline: the same topology and flows through ttnet's engine.
+
+Owns running a topology in simulated time with ``TTNetworkInterfaceSim`` on
+a ``SimNetwork`` built from the topology's directed links, and writing the
+same event schema and results layout as an emulated run (``t`` is simulated
+seconds from the start). The per-datagram host cost comes from calibration
+(see :mod:`testbed.pipelines.calibrate`) and is recorded in ``meta.json``.
+
+Must never: read the wall clock into results or use unseeded randomness:
+same topology + seed + host cost -> identical events.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from testbed.simulate.host import HostModel, load_calibration
+from testbed.spec.events import (Complete, Deliver, Fail, MessageRef, Send, Unknown,
+                                 write_records)
+from testbed.spec.model import Topology
+from testbed.spec.payloads import PayloadMatcher, message_bytes
+from testbed.spec.plan import expected_messages, flows_plan, new_run_id
+from testbed.spec.topology import topology_to_yaml
+
+
+log = logging.getLogger(__name__)
+
+def simulate_host(topology: Topology, host: HostModel, seed: int | None = None,
+                  engine_overrides: dict | None = None) -> tuple[list[dict], dict]:
+    """``simulate_events`` with a host model."""
+    return simulate_events(topology, host.host_cost_s, seed, engine_overrides,
+                           host.hop_latency_s, host.hop_noise_s)
+
+
+def model_version() -> str:
+    """Hash of the code that decides simulated results (the protocol engine,
+    the simulated links, this module): a cached simulation made by other
+    code is not reused."""
+    import ttnet
+    h = hashlib.sha256()
+    here = Path(__file__)
+    spec = here.parent.parent / "spec"
+    for path in sorted(Path(ttnet.__file__).parent.glob("*.py")) + [
+            here, here.with_name("host.py"), spec / "payloads.py", spec / "events.py",
+            spec / "plan.py"]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def sim_links(topology: Topology):
+    from ttnet import LinkParams
+
+    def conv(spec) -> "LinkParams":
+        return LinkParams(delay_s=spec.delay_s, jitter_s=spec.jitter_s, loss=spec.loss,
+                          rate_bps=spec.rate_bps, duplicate=spec.duplicate, corrupt=spec.corrupt)
+    links = {}
+    for a in topology.ensembles:
+        for b in topology.ensembles:
+            if a != b:
+                links[(a, b)] = conv(topology.link(a, b))
+    return conv(topology.default_link), links
+
+
+def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | None = None,
+                    engine_overrides: dict | None = None,
+                    hop_latency_s: float = 0.0,
+                    hop_noise_s: tuple[float, ...] = ()) -> tuple[list[dict], dict]:
+    """Run the flows in simulated time; returns (events, counters per ensemble)."""
+    import simpy
+
+    from ttnet import (EngineConfig, SimNetwork, TTNetworkInterfaceSim,
+                       TTNetworkMessageSim)
+
+    env = simpy.Environment()
+    default, links = sim_links(topology)
+    seed = topology.seed if seed is None else seed
+    net = SimNetwork(env, default, links, seed=seed, host_cost_s=host_cost_s,
+                     hop_latency_s=hop_latency_s, hop_noise_s=hop_noise_s)
+    flows = flows_plan(topology)
+    events: list[dict] = []
+    ifaces = {}
+    for name in topology.ensembles:
+        matcher = PayloadMatcher(expected_messages(flows, name))
+
+        def on_receive(msg, name=name, matcher=matcher):
+            m = matcher.match(msg.address, msg.payload)
+            if m is None:
+                events.append(Unknown(msg.address, name, len(msg.payload), env.now).record())
+                return
+            fi, k, intact = m
+            events.append(Deliver(MessageRef.planned(flows[fi], k), size=len(msg.payload),
+                                  t=env.now, intact=intact).record())
+        ifaces[name] = TTNetworkInterfaceSim(env, net, name, receiver_function=on_receive,
+                                             config=EngineConfig(**(engine_overrides or {})))
+
+    def sender(fi: int, f: dict):
+        iface = ifaces[f["src"]]
+        yield env.timeout(f["start_s"])
+        for k in range(f["count"]):
+            ref = MessageRef.planned(f, k)
+            events.append(Send(ref, env.now).record())
+            iface.send(TTNetworkMessageSim(f["dst"], message_bytes(fi, k, ref.size)),
+                       ensure=f["ensure"], deadline_s=f["deadline_s"],
+                       after=lambda ref=ref: events.append(Complete(ref, env.now).record()),
+                       on_failure=lambda _m, reason, ref=ref: events.append(
+                           Fail(ref, env.now, reason).record()))
+            if k + 1 < f["count"]:
+                yield env.timeout(f["interval_s"])
+
+    for fi, f in enumerate(flows):
+        env.process(sender(fi, f))
+    env.run(until=topology.expected_duration_s() + 5.0)
+    counters = {n: i.counters for n, i in ifaces.items()}
+    counters["_links"] = {"dropped": net.dropped, "duplicated": net.duplicated,
+                          "corrupted": net.corrupted}
+    return events, counters
+
+
+#: Independent simulated replications pooled into one baseline. One
+#: emulated run is one sample of a random process (which packets are lost);
+#: pooling replications makes the simulated distribution the model's own,
+#: not one more noisy sample of it.
+REPLICATIONS = 20
+#: Replication r's message k is logged as msg r * MSG_STRIDE + k.
+MSG_STRIDE = 1_000_000
+
+
+def replicate(topology: Topology, host: HostModel, seeds: range | list[int],
+              engine_overrides: dict | None = None
+              ) -> Iterator[tuple[int, list[dict], dict]]:
+    """(r, events, counters) for replication r = 0, 1, ... with seed
+    ``seeds[r]``: each message k logged as ``r * MSG_STRIDE + k`` and each
+    record tagged ``replication=r``, so replications can be pooled."""
+    for r, seed in enumerate(seeds):
+        events, counters = simulate_host(topology, host, seed, engine_overrides)
+        for e in events:
+            if "msg" in e:
+                e["msg"] += r * MSG_STRIDE
+            e["replication"] = r
+        yield r, events, counters
+
+
+def run_simulation(topology: Topology, out_dir: Path | None = None,
+                   results_root: Path = Path("results"), host_cost_s: float | None = None,
+                   seed: int | None = None, engine_overrides: dict | None = None,
+                   replications: int = REPLICATIONS, calibration: dict | None = None,
+                   host: HostModel | None = None) -> Path:
+    """Simulate and write ``events-sim.jsonl``, ``topology.yaml`` and
+    ``meta.json`` into ``out_dir`` (default: a new run directory).
+    Replication r uses seed ``seed + r``; all are pooled in the events.
+    The host model is ``host``, else built from ``calibration``, else from
+    the calibration stored under ``results_root``; ``host_cost_s``
+    overrides its per-datagram cost."""
+    if host is None:
+        host = HostModel.from_calibration(calibration or load_calibration(results_root))
+    if host_cost_s is not None:
+        host = HostModel(host_cost_s, host.hop_latency_s, host.hop_noise_s,
+                         "argument", {"host_cost_s": host_cost_s})
+    host_cost_s, hop_latency_s = host.host_cost_s, host.hop_latency_s
+    if out_dir is None:
+        out_dir = results_root / topology.name / (new_run_id() + "-sim")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_seed = topology.seed if seed is None else seed
+    t0 = time.perf_counter()
+    events, counters, last_event = [], {}, 0.0
+    seeds = range(base_seed, base_seed + replications)
+    for r, evs, counts in replicate(topology, host, seeds, engine_overrides):
+        counters[f"replication-{r}"] = counts
+        last_event += max((e["t"] for e in evs), default=0.0)
+        events += evs
+    wall = time.perf_counter() - t0
+    sim_span = (topology.expected_duration_s() + 5.0) * replications
+    write_records(out_dir / "events-sim.jsonl", events)
+    (out_dir / "topology.yaml").write_text(topology_to_yaml(topology))
+    meta = {"kind": "simulated", "topology": topology.name, "backend": "sim",
+            "seed": base_seed, "replications": replications, "host_cost_s": host_cost_s,
+            "hop_latency_s": hop_latency_s, "host_model": host.key(),
+            "model_version": model_version(), "engine_overrides": engine_overrides or {},
+            "host_cost": host.info or {"source": host.source}, "wall_s": round(wall, 3),
+            "simulated_s": round(last_event, 3),
+            "speedup": round(last_event / wall, 1) if wall > 0 else None,
+            "speedup_span": round(sim_span / wall, 1) if wall > 0 else None,
+            "counters": counters}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return out_dir
