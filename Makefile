@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test unit e2e bench testbed deps venv clean cleanup
+.PHONY: test lint unit e2e bench testbed deps venv clean cleanup
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -18,8 +18,14 @@ venv: $(STAMP)
 deps:
 	@bash scripts/install-deps.sh
 
-test: deps venv
+test: deps venv lint
 	$(VPY) -m pytest tests -q
+
+# The layering (import contracts), lint and ttnet's types; part of make test.
+lint: venv
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check ttnet testbed benchmarks tests
+	$(VENV)/bin/mypy
 
 unit: venv
 	$(VPY) -m pytest tests -q -m 'not e2e'
@@ -28,7 +34,7 @@ e2e: deps venv
 	$(VPY) -m pytest tests/e2e -q
 
 bench: venv
-	$(VPY) benchmarks/run.py
+	$(VPY) -m benchmarks
 
 testbed: deps venv
 	$(VPY) -m testbed all

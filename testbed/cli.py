@@ -1,5 +1,5 @@
 """``python -m testbed``: list | run | up | down | status | simulate | compare |
-calibrate | all.
+power | false-alarms | calibrate | all (``build_parser`` has the user's help).
 
 Exit codes: 0 everything passed; 1 a fidelity verdict FAILed, an agent
 failed (an ensure=True message did not arrive) or the end-to-end suite
@@ -54,6 +54,7 @@ def _load(name: str):
 def cmd_list(args) -> int:
     for name in list_topologies(TOPO_DIR):
         topo = _load(name)
+        name = topo.name      # a path given on the command line -> its topology's name
         print(f"{name:12s} {len(topo.ensembles):3d} ensembles {len(topo.flows):3d} flows  "
               f"{topo.description[:60] if hasattr(topo, 'description') else ''}")
     root = Path(args.results)
@@ -76,6 +77,7 @@ def cmd_run(args) -> int:
     code = 0
     for name in args.topology:
         topo = _load(name)
+        name = topo.name      # a path given on the command line -> its topology's name
         res = run_emulation(topo, args.backend, Path(args.results), progress=say)
         say(f"[{name}] results in {res.run_dir}")
         _summarise(res.run_dir)
@@ -147,11 +149,13 @@ def cmd_down(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from testbed.emulate.backends import stale_resources
-    left = stale_resources()
+    from testbed.emulate.backends import present_resources
+    left = present_resources()
     for r in left:
         print(r)
-    say(f"{len(left)} ttnet resource(s) present")
+    stale = sum(r.endswith("stale]") for r in left)
+    say(f"{len(left)} ttnet resource(s) present, {stale} stale"
+        + ("; `down` removes the stale ones" if stale else ""))
     return 0
 
 
@@ -159,6 +163,7 @@ def cmd_simulate(args) -> int:
     from testbed.simulate.simulator import run_simulation
     for name in args.topology:
         topo = _load(name)
+        name = topo.name      # a path given on the command line -> its topology's name
         out = run_simulation(topo, results_root=Path(args.results),
                              host_cost_s=args.host_cost, seed=args.seed)
         meta = json.loads((out / "meta.json").read_text())
@@ -270,6 +275,7 @@ def cmd_all(args) -> int:
     summaries = []
     for name in args.topology or DEFAULT_TOPOLOGIES:
         topo = _load(name)
+        name = topo.name      # a path given on the command line -> its topology's name
         res = run_emulation(topo, args.backend, results, progress=say)
         _summarise(res.run_dir)
         rows, verdict, report = compare_run(res.run_dir)
@@ -303,6 +309,16 @@ def cmd_all(args) -> int:
     return code
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
@@ -313,64 +329,146 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m testbed", description=__doc__)
-    ap.add_argument("--results", default="results", help="results root (default: results)")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("list", help="topologies and past runs")
-    p.set_defaults(fn=cmd_list)
-    p = sub.add_parser("run", help="emulate topologies, summarise, compare with simulation")
-    p.add_argument("topology", nargs="+")
-    p.add_argument("--backend", choices=["docker", "netns"], default=None)
-    p.add_argument("--no-compare", action="store_true")
-    p.set_defaults(fn=cmd_run)
-    p = sub.add_parser("up", help="bring hosts and links up; hold until Ctrl-C")
-    p.add_argument("topology")
-    p.add_argument("--backend", choices=["docker", "netns"], default=None)
-    p.add_argument("--no-hold", dest="hold", action="store_false")
-    p.set_defaults(fn=cmd_up)
-    p = sub.add_parser("down", help="remove every leftover ttnet container/network/netns/rule")
-    p.add_argument("--all", action="store_true", help="(default) all ttnet runs")
-    p.set_defaults(fn=cmd_down)
-    p = sub.add_parser("status", help="list ttnet resources present on this host")
-    p.set_defaults(fn=cmd_status)
-    p = sub.add_parser("simulate", help="run topologies in simpy")
-    p.add_argument("topology", nargs="+")
-    p.add_argument("--host-cost", type=_non_negative, default=None,
+EXAMPLES = """\
+examples:
+  python -m testbed list                      shipped topologies and past runs
+  python -m testbed run pair                  emulate, then compare with the simulator
+  python -m testbed run my-topo.yaml --backend netns
+  python -m testbed simulate lossy            the simulator alone (no root, no Docker)
+  python -m testbed compare results/pair/<run-id>
+  python -m testbed up star                   hosts and links up until Ctrl-C
+  python -m testbed status                    what ttnet left on this host
+  python -m testbed down                      remove leftovers of dead runs
+  python -m testbed all                       what `make testbed` runs
+
+exit codes: 0 passed; 1 a fidelity verdict FAILed or an ensure=True message
+did not arrive; 2 usage or setup error (bad topology file, backend, image,
+impairments); 130 interrupted (everything the run created is removed).
+"""
+
+TOPOLOGY_HELP = ("a shipped topology's name (see `list`) or the path of a topology YAML "
+                 "file (format: docs/topologies.md)")
+BACKEND_HELP = ("where ensembles run: docker (one container each; needs the Docker engine) "
+                "or netns (network namespaces; root only). Default: docker if its engine "
+                "answers, else netns")
+
+
+def _setup_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "the setup is wrong", reported in one line with exit 2.
+    The emulator's are only known when its dependencies are installed."""
+    errors: list[type[BaseException]] = [TopologyError, NotAnEmulatedRun]
+    try:
+        from testbed.emulate.backends.base import BackendError
+        from testbed.emulate.image import ImageError
+        from testbed.emulate.impair.rate import ImpairError
+        from testbed.emulate.net import SubnetError
+        errors += [BackendError, ImageError, ImpairError, SubnetError]
+    except ImportError:     # a simulate-only install
+        pass
+    try:
+        import docker.errors
+        errors.append(docker.errors.DockerException)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --results and -v are accepted before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--results", default=argparse.SUPPRESS, metavar="DIR",
+                        help="results root (default: ./results)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log what happens underneath")
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    ap = argparse.ArgumentParser(
+        prog="python -m testbed" if script in ("", "__main__.py", "-c") else script,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The ttnet testbed: emulate TTPython ensembles in containers or network "
+                    "namespaces with real delay and loss, simulate the same topology, and "
+                    "judge whether the simulator predicts the emulation.",
+        epilog=EXAMPLES)
+    ap.add_argument("--results", default="results", metavar="DIR",
+                    help="results root (default: ./results)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log what happens underneath")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def cmd(name: str, fn, help: str, description: str | None = None):
+        p = sub.add_parser(name, help=help, description=description or help, parents=[common])
+        p.set_defaults(fn=fn)
+        return p
+
+    p = cmd("list", cmd_list, "list the shipped topologies and past runs")
+    p = cmd("run", cmd_run, "emulate topologies, summarise them, compare with the simulator",
+            "Emulate each topology (hosts, impaired links, one agent per ensemble), print "
+            "its per-flow summary, simulate it and print the fidelity verdict. "
+            "Exit 1 if a verdict FAILs or an ensure=True message did not arrive.")
+    p.add_argument("topology", nargs="+", help=TOPOLOGY_HELP)
+    p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
+    p.add_argument("--no-compare", action="store_true", help="emulate only; no simulation")
+    p = cmd("up", cmd_up, "bring a topology's hosts and links up and hold them until Ctrl-C",
+            "Bring the hosts and impaired links of a topology up and hold them until Ctrl-C "
+            "or SIGTERM, then remove everything. Handy for poking at links by hand.")
+    p.add_argument("topology", help=TOPOLOGY_HELP)
+    p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
+    p.add_argument("--no-hold", dest="hold", action="store_false",
+                   help="tear down at once (a smoke test of up and down)")
+    p = cmd("down", cmd_down, "remove what dead ttnet runs left behind",
+            "Remove containers, networks, namespaces, links and rules of ttnet runs whose "
+            "process is gone. Runs still in progress are left alone.")
+    p.add_argument("--all", action="store_true", help="(the default) every dead ttnet run")
+    p = cmd("status", cmd_status, "list ttnet resources on this host (live and stale)")
+    p = cmd("simulate", cmd_simulate, "run topologies in the simulator only",
+            "Run each topology through ttnet's engine over simulated links (no root, no "
+            "Docker) with the calibrated host model, and print the per-flow summary.")
+    p.add_argument("topology", nargs="+", help=TOPOLOGY_HELP)
+    p.add_argument("--host-cost", type=_non_negative, default=None, metavar="SECONDS",
                    help="CPU seconds per datagram (default: the calibration's)")
-    p.add_argument("--seed", type=int, default=None)
-    p.set_defaults(fn=cmd_simulate)
-    p = sub.add_parser("compare", help="emulated vs simulated for a run directory")
+    p.add_argument("--seed", type=int, default=None, help="first seed (default: the topology's)")
+    p = cmd("compare", cmd_compare, "judge an emulated run against the simulator",
+            "Simulate the run's topology (cached in RUN/sim) and judge every flow: delivery, "
+            "p50 and p95, each PASS / FAIL / UNDETERMINED. Exit 1 on any FAIL.")
     p.add_argument("run", nargs="+", help="emulated run directories (results/<topology>/<run-id>)")
-    p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("power", help="judge a recorded run against deliberately wrong models")
+    p = cmd("power", cmd_power, "judge a recorded run against deliberately wrong models",
+            "How good is the verdict? Judge a recorded emulated run against the faithful "
+            "model and against wrong ones (delay, jitter, loss, rate, RTO, host cost). "
+            "Exit 1 if the faithful model FAILs or a wrong one is not caught.")
     p.add_argument("run", help="an emulated run directory")
-    p.add_argument("--replications", type=int, default=10)
-    p.set_defaults(fn=cmd_power)
-    p = sub.add_parser("false-alarms",
-                       help="judge simulated runs of the faithful model (false-alarm rate)")
-    p.add_argument("topology")
-    p.add_argument("--trials", type=int, default=10)
-    p.add_argument("--replications", type=int, default=20)
-    p.set_defaults(fn=cmd_false_alarms)
-    p = sub.add_parser("calibrate", help="measure the host model (latency spread, CPU cost)")
-    p.add_argument("--backend", choices=["docker", "netns"], default=None)
-    p.set_defaults(fn=cmd_calibrate)
-    p = sub.add_parser("all", help="what `make testbed` does")
-    p.add_argument("topology", nargs="*")
-    p.add_argument("--backend", choices=["docker", "netns"], default=None)
-    p.add_argument("--skip-e2e", action="store_true")
-    p.add_argument("--recalibrate", action="store_true")
-    p.set_defaults(fn=cmd_all)
-    args = ap.parse_args(argv)
+    p.add_argument("--replications", type=_positive_int, default=10,
+                   help="simulated replications per model (default 10)")
+    p = cmd("false-alarms", cmd_false_alarms,
+            "judge simulated runs of the faithful model (false-alarm rate)")
+    p.add_argument("topology", help=TOPOLOGY_HELP)
+    p.add_argument("--trials", type=_positive_int, default=10, help="runs to judge (default 10)")
+    p.add_argument("--replications", type=_positive_int, default=20,
+                   help="simulated replications in the baseline (default 20)")
+    p = cmd("calibrate", cmd_calibrate,
+            "measure the host model (latency spread, CPU cost, emulator capacity)")
+    p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
+    p = cmd("all", cmd_all, "what `make testbed` does",
+            "Calibrate (once), emulate and judge every default topology, run the end-to-end "
+            "suite, print the tables. Exit 1 if anything failed.")
+    p.add_argument("topology", nargs="*", help=f"(default: {' '.join(DEFAULT_TOPOLOGIES)})")
+    p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
+    p.add_argument("--skip-e2e", action="store_true", help="do not run tests/e2e")
+    p.add_argument("--recalibrate", action="store_true", help="calibrate even if calibrated")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # SIGTERM (`timeout`, `docker stop`, a CI runner) tears down like Ctrl-C.
+    from testbed.emulate.backends.base import raise_interrupt
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         return args.fn(args)
-    except (TopologyError, NotAnEmulatedRun) as exc:
+    except _setup_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; everything this run created was removed", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

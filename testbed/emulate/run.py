@@ -7,8 +7,13 @@ agents wrote), ``meta.json`` (backend, impairment engine, versions, kernel,
 timings, agent exit codes, counters and outcomes -- what became of each
 ensemble's own messages, see :mod:`testbed.guest.agent`) and ``logs/``.
 
+While flows run, an optional ``monitor`` gets a
+:class:`~testbed.emulate.progress.RunProgress` snapshot about every
+MONITOR_INTERVAL_S (see :mod:`testbed.emulate.progress`); it only watches.
+
 Must never: leave a container, network, namespace, iptables rule or
-process behind -- on success, failure or Ctrl-C, ``down`` runs.
+process behind -- on success, failure or Ctrl-C, ``down`` runs. Nor let a
+monitor change how long the run waits or what it returns.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from testbed.emulate.progress import RunProgress, RunWatcher, watch
 from testbed.spec.jsonio import write_json_atomic
 from testbed.spec.model import Topology
 from testbed.spec.plan import flows_plan, new_run_id
@@ -37,6 +43,9 @@ START_DELAY_S = 0.5
 END_GRACE_S = 5.0
 
 Progress = Callable[[str], None]
+#: Called with a snapshot about every MONITOR_INTERVAL_S while flows run,
+#: then once with ``done=True``; see :mod:`testbed.emulate.progress`.
+Monitor = Callable[[RunProgress], None]
 
 
 @dataclass
@@ -78,11 +87,16 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
                   results_root: Path = Path("results"), run_id: str | None = None,
                   progress: Progress | None = None, engine_overrides: dict | None = None,
                   impair_engine: str | None = None,
-                  extra_setup: Callable[[dict], None] | None = None) -> RunResult:
+                  extra_setup: Callable[[dict], None] | None = None,
+                  monitor: Monitor | None = None) -> RunResult:
     """Run ``topology`` on a backend and return where its results are.
 
     ``extra_setup(hosts)`` runs after the impairments and before any agent
-    starts; whatever it adds inside a host's namespace dies with the host."""
+    starts; whatever it adds inside a host's namespace dies with the host.
+    ``monitor(progress)`` is called from a helper thread about every
+    MONITOR_INTERVAL_S while the flows run (sent/delivered per flow, counted
+    from the growing event files), then once with ``progress.done`` set;
+    whatever it raises is logged and ignored."""
     from testbed.emulate.backends import make_backend
     from testbed.emulate.impair import Impairments
 
@@ -133,7 +147,12 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
             "routes": {n: f"{h.ip}:{AGENT_PORT}" for n, h in hosts.items()},
             "start_at": start_at, "end_at": end_at})
         say(f"[{topology.name}] running flows (at most {end_at - time.time():.0f}s)")
-        codes = backend.wait(timeout_s=end_at - time.time() + 15)
+        timeout_s = end_at - time.time() + 15
+        if monitor is None:
+            codes = backend.wait(timeout_s=timeout_s)
+        else:
+            watcher = RunWatcher(run_dir, topology.name, plan["flows"], start_at, end_at)
+            codes = watch(lambda: backend.wait(timeout_s=timeout_s), watcher.snapshot, monitor)
         meta["exit_codes"] = codes
         meta["run_s"] = round(time.time() - start_at, 3)
         meta["impair_stats"] = impair.stats()
@@ -164,7 +183,8 @@ def _await_agents(run_dir: Path, topology: Topology, timeout_s: float, backend) 
         time.sleep(0.05)
     missing = [p.name[6:] for p in want if not p.exists()]
     logs = {m: backend.logs(m)[-2000:] for m in missing[:3]}
-    raise RuntimeError(f"agents never became ready: {missing}; last log lines: {logs}")
+    from testbed.emulate.backends.base import BackendError
+    raise BackendError(f"agents never became ready: {missing}; last log lines: {logs}")
 
 
 def _read_counters(run_dir: Path, topology: Topology) -> dict:

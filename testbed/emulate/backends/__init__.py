@@ -11,7 +11,8 @@ from testbed.emulate.backends.base import Backend, BackendError, Host
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "BackendError", "Host", "make_backend", "cleanup_stale"]
+__all__ = ["Backend", "BackendError", "Host", "make_backend", "cleanup_stale",
+           "present_resources"]
 
 NAMES = ("docker", "netns")
 
@@ -35,6 +36,21 @@ def make_backend(name: str | None = None, **kwargs) -> Backend:
         from testbed.emulate.backends.netns import NetnsBackend
         return NetnsBackend(**kwargs)
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)} or 'auto'")
+
+
+def present_resources() -> list[str]:
+    """Every ttnet resource on this host (containers, networks, namespaces,
+    links, FORWARD rules, run claims), each marked with its run and whether
+    that run's owning process is alive (``live``) or gone (``stale``: what
+    ``down`` removes). Reads only."""
+    from testbed.emulate import net
+    from testbed.emulate.backends import docker as docker_backend
+    from testbed.emulate.backends import netns as netns_backend
+    live = {c.run_id for c in net.claims() if c.owner_alive}
+    found = docker_backend.resources() + netns_backend.resources()
+    found += [(c.run_id, f"run claim {c.run_id} ({c.backend})") for c in net.claims()]
+    return [f"{what} [run {rid}, {'live' if rid in live else 'stale'}]"
+            for rid, what in sorted(found)]
 
 
 def cleanup_stale() -> list[str]:

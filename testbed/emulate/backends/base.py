@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import re
 import shutil
 import signal
@@ -184,7 +185,7 @@ class Backend(ABC):
         # SIGTERM (e.g. `timeout`, systemd) would otherwise skip every finally.
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            self._old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+            self._old_sigterm = signal.signal(signal.SIGTERM, raise_interrupt)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -216,5 +217,17 @@ class Backend(ABC):
         """Remove everything of this run; idempotent; keeps logs readable."""
 
 
-def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+_MAIN_PID = os.getpid()
+
+
+def raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
+    """SIGTERM handler: tear down like Ctrl-C (every ``finally`` runs).
+
+    Only in the process that installed it: a forked helper (pyroute2 forks
+    one per network namespace it enters, and stops it with SIGTERM) inherits
+    the handler, and must simply die rather than unwind a copy of our stack."""
+    if os.getpid() != _MAIN_PID:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise KeyboardInterrupt(f"signal {signum}")

@@ -69,6 +69,20 @@ def teardown_run(client, rid: str) -> list[str]:
     return removed
 
 
+def resources(client=None) -> list[tuple[str, str]]:
+    """(run id, description) of every ttnet container and network, live
+    runs' included; nothing when the Docker engine does not answer. Reads only."""
+    client = client or client_or_none()
+    if client is None:
+        return []
+    flt = {"label": LABEL}
+    found = [(c["Labels"][LABEL], f"docker container {c['Names'][0].lstrip('/')} ({c['State']})")
+             for c in client.api.containers(all=True, filters=flt)]
+    found += [(n["Labels"][LABEL], f"docker network {n['Name']}")
+              for n in client.api.networks(filters=flt)]
+    return found
+
+
 def cleanup_stale(client=None) -> list[str]:
     """Remove docker leftovers of runs whose owner process is gone."""
     client = client or client_or_none()

@@ -91,18 +91,27 @@ def teardown_run(rid: str) -> list[str]:
     return removed
 
 
-def stale_run_ids() -> set[str]:
-    """Run ids that own netns resources but no live claim."""
-    rids: set[str] = set()
+def resources() -> list[tuple[str, str]]:
+    """(run id, description) of every ttnet namespace, link and FORWARD
+    rule on this host, live runs' included. Reads only."""
+    found: list[tuple[str, str]] = []
     for ns in netns.listnetns():
         if m := _NS_RE.match(ns):
-            rids.add(m.group(1))
+            found.append((m.group(1), f"netns {ns}"))
     with IPRoute() as ipr:
         for link in ipr.get_links():
-            if m := _LINK_RE.match(link.get_attr("IFLA_IFNAME") or ""):
-                rids.add(m.group(1) or m.group(2))
+            name = link.get_attr("IFLA_IFNAME") or ""
+            if m := _LINK_RE.match(name):
+                found.append((m.group(1) or m.group(2), f"link {name}"))
     if shutil.which("iptables"):
-        rids |= set(_COMMENT_RE.findall(_iptables("-S", "FORWARD", check=False).stdout))
+        for rid in _COMMENT_RE.findall(_iptables("-S", "FORWARD", check=False).stdout):
+            found.append((rid, f"iptables FORWARD rule ttnet-{rid}"))
+    return found
+
+
+def stale_run_ids() -> set[str]:
+    """Run ids that own netns resources but no live claim."""
+    rids = {rid for rid, _ in resources()}
     rids |= {c.run_id for c in net.claims() if c.backend == "netns"}
     live = {c.run_id for c in net.claims() if c.owner_alive}
     return rids - live

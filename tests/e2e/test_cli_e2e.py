@@ -1,0 +1,151 @@
+"""The emulating commands through the real entry point (``python -m
+testbed``): run, up, down, status, calibrate, all; their exit codes; and
+SIGINT/SIGTERM at any point leaving nothing behind."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_testbed import _leftovers  # tests/e2e is on sys.path under pytest
+
+pytestmark = [pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data"
+TINY = DATA / "cli" / "tiny.yaml"
+BLACKHOLE = DATA / "cli" / "blackhole.yaml"
+
+
+def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "testbed", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "testbed", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout_s: float) -> list[str]:
+    """Read the process's output until a line contains ``needle``."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    proc.kill()
+    raise AssertionError(f"never printed {needle!r}; output: {''.join(seen)[-3000:]}")
+
+
+@pytest.fixture
+def clean():
+    assert _leftovers() == [], "leftovers from an earlier test"
+    yield
+    left = _leftovers()
+    if left:
+        cli("down")
+    assert left == []
+
+
+@pytest.mark.timeout(300)
+def test_run_exits_0_and_summarises(tmp_path, clean):
+    out = cli("run", str(TINY), "--backend", "netns", "--no-compare", "--results", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ping" in out.stdout and "pong" in out.stdout
+    (run_dir,) = (tmp_path / "tiny").iterdir()
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["exit_codes"] == {"a": 0, "b": 0}
+
+
+@pytest.mark.timeout(300)
+def test_run_exits_1_when_an_ensure_message_does_not_arrive(tmp_path, clean):
+    out = cli("run", str(BLACKHOLE), "--backend", "netns", "--no-compare",
+              "--results", str(tmp_path))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "agents exited" in out.stdout + out.stderr
+
+
+@pytest.mark.timeout(300)
+def test_status_and_down_exit_0(clean):
+    out = cli("status")
+    assert out.returncode == 0 and "resource(s) present" in out.stdout + out.stderr
+    out = cli("down")
+    assert out.returncode == 0 and "removed" in out.stdout + out.stderr
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("backend", ["netns", "docker"])
+def test_up_holds_until_a_signal_then_leaves_nothing(tmp_path, clean, sig, backend):
+    proc = start("up", str(TINY), "--backend", backend, "--results", str(tmp_path))
+    try:
+        wait_for_line(proc, "holding", 180)
+        assert _leftovers() != []                 # it is really up
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest
+    assert "down in" in rest
+    assert _leftovers() == []
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_run_interrupted_while_flows_run_exits_130_and_leaves_nothing(tmp_path, clean, sig):
+    long_run = tmp_path / "long.yaml"
+    long_run.write_text(TINY.read_text().replace("count: 30", "count: 3000"))
+    proc = start("run", str(long_run), "--backend", "netns", "--results", str(tmp_path))
+    try:
+        wait_for_line(proc, "running flows", 180)
+        time.sleep(1.0)
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest
+    assert _leftovers() == []
+
+
+@pytest.mark.timeout(400)
+def test_calibrate_interrupted_leaves_nothing(tmp_path, clean):
+    proc = start("calibrate", "--backend", "netns", "--results", str(tmp_path))
+    try:
+        wait_for_line(proc, "running flows", 180)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest
+    assert _leftovers() == []
+    assert not (tmp_path / "calibration.json").exists()
+
+
+@pytest.mark.timeout(600)
+def test_all_runs_judges_and_reports(tmp_path, clean):
+    # A calibration in place, so `all` does not calibrate (minutes) first.
+    shutil.copy(DATA / "fidelity" / "power-run" / "calibration.json", tmp_path)
+    out = cli("all", str(TINY), "--backend", "netns", "--skip-e2e", "--results", str(tmp_path),
+              timeout=500)
+    text = out.stdout + out.stderr
+    assert "fidelity tiny:" in text and "testbed finished" in text, text[-3000:]
+    verdict = json.loads(next((tmp_path / "tiny").glob("*/verdict.json")).read_text())
+    # The exit code is the verdict's (the agents all succeed on this topology).
+    assert out.returncode == (0 if verdict["outcome"] != "FAIL" else 1), text[-3000:]
+    assert ("PASS (end-to-end" in text) == (out.returncode == 0)

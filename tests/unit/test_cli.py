@@ -1,0 +1,112 @@
+"""The CLI as a user meets it (no root, no Docker): help, options anywhere,
+error messages and exit codes, list, simulate. The emulating commands (run,
+up, down, status, calibrate, all, signals) are in tests/e2e/test_cli_e2e.py."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testbed.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "tests" / "data" / "cli" / "tiny.yaml"
+COMMANDS = ["list", "run", "up", "down", "status", "simulate", "compare", "power",
+            "false-alarms", "calibrate", "all"]
+
+
+def cli(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real entry point, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "testbed", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_is_for_users_with_examples_and_exit_codes():
+    out = cli("--help")
+    assert out.returncode == 0
+    assert "examples:" in out.stdout and "exit codes:" in out.stdout
+    for c in COMMANDS:
+        assert c in out.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "--results" in text
+    if command in ("run", "up", "simulate", "false-alarms"):
+        assert "shipped topology" in text          # the positional has help
+    if command in ("run", "up", "calibrate", "all"):
+        assert "netns" in text and "docker if its engine" in text
+
+
+def test_results_and_verbose_are_accepted_before_and_after_the_subcommand(tmp_path):
+    parser = build_parser()
+    before = parser.parse_args(["--results", str(tmp_path), "-v", "list"])
+    after = parser.parse_args(["list", "--results", str(tmp_path), "-v"])
+    default = parser.parse_args(["list"])
+    assert before.results == after.results == str(tmp_path)
+    assert before.verbose and after.verbose
+    assert default.results == "results" and not default.verbose
+
+
+def test_usage_errors_exit_2():
+    assert cli().returncode == 2
+    assert cli("frobnicate").returncode == 2
+    bad = cli("simulate", "pair", "--host-cost", "-1")
+    assert bad.returncode == 2 and "must be >= 0" in bad.stderr
+    bad = cli("false-alarms", "pair", "--trials", "0")
+    assert bad.returncode == 2 and "at least 1" in bad.stderr
+
+
+def test_unknown_topology_is_one_line_with_the_known_names_and_exit_2(tmp_path):
+    out = cli("simulate", "no-such-topology", "--results", str(tmp_path))
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "no such topology" in out.stderr and "pair" in out.stderr
+
+
+def test_invalid_topology_file_names_the_file_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nensembles: [a, b]\nflows: [{name: x, from: a, to: c}]\n")
+    out = cli("simulate", str(bad), "--results", str(tmp_path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert str(bad) in out.stderr
+
+
+def test_list_shows_shipped_topologies_and_runs_from_any_directory(tmp_path):
+    (tmp_path / "results" / "pair" / "r1").mkdir(parents=True)
+    (tmp_path / "results" / "pair" / "r1" / "meta.json").write_text("{}")
+    out = cli("list", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for name in ("pair", "star", "lossy", "edge-cloud", "mesh-20"):
+        assert name in out.stdout
+    assert "r1" in out.stdout
+
+
+def test_simulate_writes_a_run_and_says_how_it_was_made(tmp_path):
+    out = cli("simulate", str(TINY), "--results", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    runs = list((tmp_path / "tiny").glob("*-sim"))
+    assert len(runs) == 1
+    meta = json.loads((runs[0] / "meta.json").read_text())
+    assert meta["kind"] == "simulated" and meta["replications"] == 20
+    text = out.stdout + out.stderr
+    assert "20 replications" in text
+    assert "host model: default" in text       # no calibration under tmp_path
+    assert "x real time" in text and text.count("x real time") == 1
+
+
+def test_power_on_a_directory_that_is_not_a_run_exits_2(tmp_path):
+    out = cli("power", str(tmp_path), "--results", str(tmp_path))
+    assert out.returncode == 2 and "not a run directory" in out.stderr
+
+
+def test_compare_of_a_missing_directory_exits_2(tmp_path):
+    out = cli("compare", str(tmp_path / "nope"), "--results", str(tmp_path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
