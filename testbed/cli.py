@@ -20,31 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+from testbed.console import live_progress, print_table, say
 from testbed.pipelines.evaluate import NotAnEmulatedRun, compare_run
 from testbed.spec.topology import TopologyError, find_topology, list_topologies, load_topology
 
 DEFAULT_TOPOLOGIES = ("pair", "star", "edge-cloud", "lossy", "mesh-20")
 TOPO_DIR = Path(__file__).resolve().parent.parent / "topologies"
-
-
-def _console():
-    try:
-        from rich.console import Console
-        return Console(highlight=False)
-    except ImportError:  # pragma: no cover - rich is in the testbed extras
-        return None
-
-
-_con = _console()
-
-
-def say(msg: str) -> None:
-    stamp = time.strftime("%H:%M:%S")
-    if _con is not None:
-        from rich.markup import escape
-        _con.print(f"[dim]{stamp}[/dim] {escape(msg)}", markup=True)
-    else:
-        print(f"{stamp} {msg}", flush=True)
 
 
 def _load(name: str):
@@ -68,30 +49,33 @@ def cmd_list(args) -> int:
 
 
 def _summarise(run_dir: Path) -> None:
-    from testbed.analysis.stats import flow_stats, load_events, summary_table
-    print(summary_table(flow_stats(load_events(run_dir))))
+    from testbed.analysis.stats import flow_stats, load_events, summary_rows
+    print_table(summary_rows(flow_stats(load_events(run_dir))))
 
 
 def cmd_run(args) -> int:
     from testbed.emulate.run import run_emulation
+    from testbed.analysis.compare import comparison_rows
     code = 0
-    for name in args.topology:
-        topo = _load(name)
-        name = topo.name      # a path given on the command line -> its topology's name
-        res = run_emulation(topo, args.backend, Path(args.results), progress=say)
-        say(f"[{name}] results in {res.run_dir}")
-        _summarise(res.run_dir)
-        if not res.ok:
-            say(f"[{name}] agents exited with {res.meta.get('exit_codes')}; see {res.run_dir}/logs")
-            code = 1
-        if not args.no_compare:
-            rows, verdict, report = compare_run(res.run_dir)
-            from testbed.analysis.compare import format_table
-            print(format_table(rows))
-            _print_verdict(verdict, name)
-            say(f"[{name}] report: {report}")
-            if verdict is not None and not verdict.ok:
+    topologies = [_load(name) for name in args.topology]    # all checked before any runs
+    with live_progress() as monitor:
+        for topo in topologies:
+            name = topo.name
+            res = run_emulation(topo, args.backend, Path(args.results), progress=say,
+                                monitor=monitor)
+            say(f"[{name}] results in {res.run_dir}")
+            _summarise(res.run_dir)
+            if not res.ok:
+                say(f"[{name}] agents exited with {res.meta.get('exit_codes')}; "
+                    f"see {res.run_dir}/logs")
                 code = 1
+            if not args.no_compare:
+                rows, verdict, report = compare_run(res.run_dir)
+                print_table(comparison_rows(rows, title=f"{name}: emulated vs simulated"))
+                _print_verdict(verdict, name)
+                say(f"[{name}] report: {report}")
+                if verdict is not None and not verdict.ok:
+                    code = 1
     return code
 
 
@@ -167,9 +151,17 @@ def cmd_simulate(args) -> int:
         out = run_simulation(topo, results_root=Path(args.results),
                              host_cost_s=args.host_cost, seed=args.seed)
         meta = json.loads((out / "meta.json").read_text())
-        say(f"[{name}] simulated {meta['simulated_s']:.1f}s in {meta['wall_s']:.2f}s "
+        reps, host = meta["replications"], meta["host_model"]
+        say(f"[{name}] {reps} replications (seeds {meta['seed']}..{meta['seed'] + reps - 1}) "
+            f"of {topo.expected_duration_s() + 5:.0f} s each in {meta['wall_s']:.2f} s "
             f"({meta['speedup_span']}x real time) -> {out}")
-        _summarise(out)
+        say(f"[{name}] host model: {host['source']} ({host['host_cost_s'] * 1e6:.1f} us CPU "
+            f"and {host['hop_latency_s'] * 1e6:.0f} us latency per datagram hop"
+            + (", calibrate with `calibrate`" if host["source"] == "default" else "") + ")")
+        from testbed.analysis.stats import flow_stats, load_events, per_run, summary_rows
+        print_table(summary_rows(per_run(flow_stats(load_events(out)), reps),
+                                 title=f"{name}: simulated; counts are per replication "
+                                       f"(mean of {reps}), latencies pooled"))
     return 0
 
 
@@ -190,11 +182,11 @@ def _print_verdict(verdict, name: str = "") -> None:
 
 
 def cmd_compare(args) -> int:
-    from testbed.analysis.compare import format_table
+    from testbed.analysis.compare import comparison_rows
     code = 0
     for run in args.run:
         rows, verdict, report = compare_run(Path(run))
-        print(format_table(rows))
+        print_table(comparison_rows(rows, title=f"{Path(run).name}: emulated vs simulated"))
         _print_verdict(verdict, Path(run).name)
         say(f"report: {report}")
         if verdict is not None and not verdict.ok:
@@ -265,7 +257,8 @@ def cmd_all(args) -> int:
     """What `make testbed` runs: calibrate, every default topology, compare,
     the end-to-end suite, and the final tables."""
     import subprocess
-    from testbed.analysis.compare import format_table
+
+    from testbed.analysis.compare import comparison_rows
     from testbed.emulate.run import run_emulation
     t0 = time.monotonic()
     results = Path(args.results)
@@ -273,14 +266,15 @@ def cmd_all(args) -> int:
         say("calibrating the simulator's host cost")
         cmd_calibrate(args)
     summaries = []
-    for name in args.topology or DEFAULT_TOPOLOGIES:
-        topo = _load(name)
-        name = topo.name      # a path given on the command line -> its topology's name
-        res = run_emulation(topo, args.backend, results, progress=say)
-        _summarise(res.run_dir)
-        rows, verdict, report = compare_run(res.run_dir)
-        _print_verdict(verdict, name)
-        summaries.append((name, res, rows, verdict, report))
+    topologies = [_load(name) for name in args.topology or DEFAULT_TOPOLOGIES]
+    with live_progress() as monitor:
+        for topo in topologies:
+            name = topo.name
+            res = run_emulation(topo, args.backend, results, progress=say, monitor=monitor)
+            _summarise(res.run_dir)
+            rows, verdict, report = compare_run(res.run_dir)
+            _print_verdict(verdict, name)
+            summaries.append((name, res, rows, verdict, report))
     if not args.skip_e2e:
         say("end-to-end suite (tests/e2e)")
         rc = subprocess.call([sys.executable, "-m", "pytest", "tests/e2e", "-q"])
@@ -293,7 +287,7 @@ def cmd_all(args) -> int:
         m = res.meta
         say(f"== {name}: backend {m.get('backend')}, impairments {m.get('impairment_engine')}, "
             f"up {m.get('up_s')}s, down {m.get('down_s')}s; report {report}")
-        print(format_table(rows))
+        print_table(comparison_rows(rows, title=f"{name}: emulated vs simulated"))
         _print_verdict(verdict, name)
         if not res.ok:
             say(f"[{name}] agents exited with {m.get('exit_codes')}; see {res.run_dir}/logs")

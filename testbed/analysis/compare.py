@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from testbed.spec.model import Topology
-from testbed.analysis.stats import (FlowStats, flow_stats, fmt_ms, fmt_ratio,
-                           render_table)
+from testbed.analysis.stats import FlowStats, Table, flow_stats, fmt_ms, fmt_ratio
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +112,21 @@ def table_rows(rows: list[FlowComparison]) -> list[list[str]]:
 TABLE_HEADER = ["flow", "metric", "emulated", "simulated", "rel. error"]
 
 
+def comparison_rows(rows: list[FlowComparison], title: str = "") -> Table:
+    """The comparison as a :class:`~testbed.analysis.stats.Table`, long
+    format: one row per flow and metric (see :func:`table_rows`)."""
+    return Table(list(TABLE_HEADER), table_rows(rows), title=title)
+
+
 def format_table(rows: list[FlowComparison], markdown: bool = False) -> str:
     """The comparison as a plain-text (or Markdown) table, long format: one
     line per flow and metric, so 60 flows stay readable in a terminal."""
-    body = table_rows(rows)
+    table = comparison_rows(rows)
     if not markdown:
-        return render_table(TABLE_HEADER, body)
-    lines = ["| " + " | ".join(TABLE_HEADER) + " |",
+        return table.text()
+    lines = ["| " + " | ".join(table.headers) + " |",
              "|" + "|".join(["---"] * 2 + ["---:"] * 3) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table.rows]
     return "\n".join(lines)
 
 

@@ -6,6 +6,11 @@ never plots and never compares runs (see ``testbed.analysis.compare``). A malfor
 line (an agent killed mid-write, a stray print) is skipped and counted, not
 fatal: one bad line must not lose a whole run's measurements.
 
+Tables are data here (:class:`Table`: headers, rows of text cells,
+alignment), rendered to plain text by :meth:`Table.text`; the terminal
+(``testbed.console``) may render the same Table with ``rich``. This layer
+never imports ``rich`` and never prints.
+
 Definitions (docs/topologies.md repeats them):
 - a message is identified by (flow, msg);
 - sent = distinct messages with a ``send`` event;
@@ -130,26 +135,86 @@ def fmt_ratio(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.3f}"
 
 
-def render_table(header: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell; first column left, rest right."""
+#: Column alignments a :class:`Table` knows.
+ALIGNS = ("left", "right")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table as data: what to show, not how. ``rows`` are text cells, one
+    list per row, as wide as ``headers``. ``align`` is "left" or "right"
+    per column; empty means the first column left, the rest right (numbers).
+    ``title`` is shown above the table (plain text: on its own line)."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    title: str = ""
+    align: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        bad = [r for r in self.rows if len(r) != len(self.headers)]
+        if bad:
+            raise ValueError(f"table row {bad[0]!r} has {len(bad[0])} cells, "
+                             f"not {len(self.headers)}")
+        if self.align and (len(self.align) != len(self.headers)
+                           or any(a not in ALIGNS for a in self.align)):
+            raise ValueError(f"align {self.align!r} must give one of {ALIGNS} per column")
+
+    def alignments(self) -> tuple[str, ...]:
+        """One of ALIGNS per column (the default filled in)."""
+        if self.align:
+            return self.align
+        return tuple("left" if i == 0 else "right" for i in range(len(self.headers)))
+
+    def text(self) -> str:
+        """The table as plain text (without the title): see :func:`render_table`."""
+        return render_table(self.headers, self.rows, self.align)
+
+
+def render_table(header: list[str], rows: list[list[str]],
+                 align: tuple[str, ...] | list[str] = ()) -> str:
+    """Columns padded to their widest cell; first column left, rest right
+    unless ``align`` gives "left"/"right" per column."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    left = [a == "left" for a in align] if align else [i == 0 for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+        return "  ".join(c.ljust(w) if left[i] else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *(line(r) for r in rows)])
 
 
-def summary_table(stats: dict[str, FlowStats]) -> str:
-    """Plain-text table, one line per flow; latencies in milliseconds."""
-    header = ["flow", "link", "ensure", "sent", "deliv", "dup", "fail",
-              "compl", "ratio", "mean ms", "p50 ms", "p95 ms", "p99 ms"]
+SUMMARY_HEADER = ["flow", "link", "ensure", "sent", "deliv", "dup", "fail",
+                  "compl", "ratio", "mean ms", "p50 ms", "p95 ms", "p99 ms"]
+
+
+def summary_rows(stats: dict[str, FlowStats], title: str = "") -> Table:
+    """The per-flow summary as a :class:`Table`, one row per flow;
+    latencies in milliseconds."""
     rows = [[s.flow, f"{s.src}->{s.dst}",
              "-" if s.ensure is None else ("yes" if s.ensure else "no"),
-             str(s.sent), str(s.delivered), str(s.duplicates), str(s.failed),
-             str(s.completed), fmt_ratio(s.delivery_ratio), fmt_ms(s.mean),
+             _count(s.sent), _count(s.delivered), _count(s.duplicates), _count(s.failed),
+             _count(s.completed), fmt_ratio(s.delivery_ratio), fmt_ms(s.mean),
              fmt_ms(s.p50), fmt_ms(s.p95), fmt_ms(s.p99)]
             for s in stats.values()]
-    return render_table(header, rows)
+    return Table(list(SUMMARY_HEADER), rows, title=title)
+
+
+def _count(n: float) -> str:
+    return str(int(n)) if float(n).is_integer() else f"{n:.1f}"
+
+
+def per_run(stats: dict[str, FlowStats], runs: int) -> dict[str, FlowStats]:
+    """Pooled stats of ``runs`` replications with every count made the mean
+    per run (the latencies stay pooled): what one run of the flow looks like."""
+    from dataclasses import replace
+    counts = ("sent", "delivered", "duplicates", "corrupted", "failed", "completed", "unmatched")
+    return {k: replace(s, **{c: getattr(s, c) / runs for c in counts})
+            for k, s in stats.items()}
+
+
+def summary_table(stats: dict[str, FlowStats]) -> str:
+    """Plain-text table, one line per flow; latencies in milliseconds."""
+    return summary_rows(stats).text()
