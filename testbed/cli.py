@@ -22,22 +22,27 @@ from pathlib import Path
 
 from testbed.console import live_progress, print_table, say
 from testbed.pipelines.evaluate import NotAnEmulatedRun, compare_run
-from testbed.spec.topology import TopologyError, find_topology, list_topologies, load_topology
+from testbed.spec.topology import (SHIPPED_DIR, TopologyError, find_topology, load_topology,
+                                   scan_topologies)
 
 DEFAULT_TOPOLOGIES = ("pair", "star", "edge-cloud", "lossy", "mesh-20")
-TOPO_DIR = Path(__file__).resolve().parent.parent / "topologies"
 
 
 def _load(name: str):
-    return load_topology(find_topology(name, TOPO_DIR))
+    return load_topology(find_topology(name, SHIPPED_DIR))
 
 
 def cmd_list(args) -> int:
-    for name in list_topologies(TOPO_DIR):
-        topo = _load(name)
-        name = topo.name      # a path given on the command line -> its topology's name
-        print(f"{name:12s} {len(topo.ensembles):3d} ensembles {len(topo.flows):3d} flows  "
-              f"{topo.description[:60] if hasattr(topo, 'description') else ''}")
+    # A bad file is listed with its error; it does not hide the others.
+    for item in scan_topologies(SHIPPED_DIR):
+        if item.error is not None:
+            print(f"{item.name:12s} INVALID  {item.error}")
+            continue
+        topo = item.topology
+        print(f"{item.name:12s} {len(topo.ensembles):3d} ensembles {len(topo.flows):3d} flows  "
+              f"{topo.description[:60]}")
+        for warning in item.warnings:
+            print(f"{'':12s} warning: {warning}")
     root = Path(args.results)
     if root.exists():
         runs = sorted(p for p in root.glob("*/*") if (p / "meta.json").exists())

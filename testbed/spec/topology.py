@@ -3,25 +3,50 @@
 This module owns the file format (see docs/topologies.md): field names,
 units, defaults and every validation rule. It is pure: it reads text, builds
 frozen dataclasses, and never creates hosts, links or processes, so a bad
-file stops an experiment before anything is started. Every user mistake
-raises ``TopologyError`` naming the file, the entry and the fix.
+file stops an experiment before anything is started.
+
+The fields of a file are declared once, in ``TOP_FIELDS``, ``LINK_FIELDS``
+and ``FLOW_FIELDS`` (``Field`` rows). The loader takes allowed and required
+keys, defaults and value kinds from them, and ``testbed.spec.schema``
+generates ``topologies/topology.schema.json`` from them: add a field here,
+never in a second list.
+
+API:
+
+- ``load_topology(path)`` / ``load_topology_text(text, source_name)`` ->
+  ``Topology``. Every mistake raises ``TopologyError``, one line:
+  ``file:line:column: entry: problem. Fix: how``. Warnings are logged on
+  the ``testbed.spec.topology`` logger at WARNING level.
+- ``check_topology(path)`` / ``check_topology_text(text, source_name)`` ->
+  ``(Topology, [TopologyWarning])``: the same, but the warnings are returned
+  (not logged) for a caller that prints them itself. A warning is a doubt,
+  never a failure: a bare fraction as a percentage (``loss: 0.02``), jitter
+  larger than delay, fewer than two ensembles, no flows. ``str(warning)``
+  is one line in the error format, naming the file and line.
+- ``scan_topologies(topo_dir)`` -> one ``ScannedTopology`` per file, valid or
+  not, so a listing can show the good ones and one error line per bad one.
+- ``list_topologies``, ``find_topology``, ``topology_to_yaml``.
 """
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import yaml
 
 from testbed.spec.model import Flow, LinkSpec, Topology
 from testbed.spec.units import (UnitError, format_duration, format_percent,
-                           format_rate, format_size, parse_duration,
-                           parse_percent, parse_rate, parse_size)
+                                format_rate, format_size, parse_duration,
+                                parse_percent, parse_rate, parse_size,
+                                percent_note)
 
 log = logging.getLogger(__name__)
+
+#: The shipped topologies: package data, found wherever the package is installed.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "topologies"
 
 # Largest payload a flow may ask for. The engine keeps a whole message in
 # memory on both ends; 64 MiB is far above any TTPython token and still small
@@ -29,249 +54,543 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_SIZE = 64 * 2**20
 # Ensemble names become container names, hostnames and netns names; keep to
 # what all three accept, and short enough for derived interface names.
-ENSEMBLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-FLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-DEFAULT_FLOW = Flow(name="", src="", dst="", sizes=(1,), count=1,
-                    interval_s=0.0, ensure=False)
+# Patterns are unanchored text (matched whole) so the schema can reuse them.
+ENSEMBLE_NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_-]{0,31}"
+FLOW_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
+ENSEMBLE_NAME = re.compile(ENSEMBLE_NAME_PATTERN)
+FLOW_NAME = re.compile(FLOW_NAME_PATTERN)
+# A links key is 'a->b' (one direction) or 'a<->b' (both); longest first.
+LINK_SEPARATORS = ("<->", "->")
+# A flow gives exactly one of these.
+FLOW_SIZE_KEYS = ("size", "sizes")
 
-TOP_FIELDS = {"name", "description", "seed", "auth_key", "ensembles",
-              "defaults", "links", "flows"}
-FLOW_FIELDS = {"name", "from", "to", "size", "sizes", "count", "interval",
-               "ensure", "deadline", "start"}
-# YAML field -> (LinkSpec field, parser, formatter)
-LINK_FIELDS: dict[str, tuple[str, Callable[[Any], Any], Callable[[Any], Any]]] = {
-    "delay": ("delay_s", parse_duration, format_duration),
-    "jitter": ("jitter_s", parse_duration, format_duration),
-    "loss": ("loss", parse_percent, format_percent),
-    "rate": ("rate_bps", parse_rate, format_rate),
-    "duplicate": ("duplicate", parse_percent, format_percent),
-    "corrupt": ("corrupt", parse_percent, format_percent),
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a topology file: the loader's and the schema's source.
+
+    ``kind`` says how the value is written and read (a key of ``KINDS``);
+    ``default`` is the value as a file would write it (None: no default, or
+    one computed from other fields, as ``doc`` says); ``attr`` is the
+    ``LinkSpec`` attribute of a link field; ``minimum`` bounds an integer;
+    ``positive`` refuses a zero duration (every duration refuses < 0).
+    """
+
+    key: str
+    kind: str
+    doc: str
+    required: bool = False
+    default: Any = None
+    minimum: int | None = None
+    attr: str = ""
+    positive: bool = False
+
+
+# Value kinds that are a number with a unit: kind -> (parser, formatter).
+UNIT_KINDS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "duration": (parse_duration, format_duration),
+    "percent": (parse_percent, format_percent),
+    "rate": (parse_rate, format_rate),
+    "size": (parse_size, format_size),
 }
+# Every kind a Field may have; testbed.spec.schema has one schema per kind.
+# An empty value (null) of kind link, links or flows means "none given".
+KINDS = (*UNIT_KINDS, "text", "secret", "name", "integer", "boolean",
+         "ensemble", "ensembles", "sizes", "link", "links", "flows")
+
+LINK_FIELDS: dict[str, Field] = {f.key: f for f in (
+    Field("delay", "duration", "one-way delay", default=0, attr="delay_s"),
+    Field("jitter", "duration", "delay variation, added to delay; keep it <= delay",
+          default=0, attr="jitter_s"),
+    Field("loss", "percent", "packets dropped, e.g. 2%", default="0%", attr="loss"),
+    Field("rate", "rate", "bandwidth limit, e.g. 10mbit; unlimited if absent",
+          default="unlimited", attr="rate_bps"),
+    Field("duplicate", "percent", "packets delivered twice", default="0%",
+          attr="duplicate"),
+    Field("corrupt", "percent", "packets with a flipped bit", default="0%",
+          attr="corrupt"),
+)}
+FLOW_FIELDS: dict[str, Field] = {f.key: f for f in (
+    Field("name", "name", "flow name; default '<from>-<to>', numbered if repeated"),
+    Field("from", "ensemble", "sending ensemble", required=True),
+    Field("to", "ensemble", "receiving ensemble", required=True),
+    Field("size", "size", "message size: bytes, or 200KB (x1000), 256KiB (x1024); "
+          "give exactly one of size and sizes"),
+    Field("sizes", "sizes", "message k has size sizes[k % len(sizes)]; "
+          "give exactly one of size and sizes"),
+    Field("count", "integer", "messages sent", required=True, minimum=1),
+    Field("interval", "duration", "time between two sends of this flow", required=True),
+    Field("ensure", "boolean", "reliable (acknowledged) send", default=False),
+    Field("deadline", "duration", "an ensure=True send fails after this",
+          default="30s", positive=True),
+    Field("start", "duration", "first send, from the experiment start", default=0),
+)}
+TOP_FIELDS: dict[str, Field] = {f.key: f for f in (
+    Field("name", "name", "topology name; default: the file name without .yaml"),
+    Field("description", "text", "free text shown in lists and reports", default=""),
+    Field("seed", "integer", "seeds loss/jitter draws and the simulator", default=1),
+    Field("auth_key", "secret", "shared key for authenticated packets"),
+    Field("ensembles", "ensembles", "unique ensemble names", required=True),
+    Field("defaults", "link", "every link not listed in links (all zero if absent)"),
+    Field("links", "links", "per-pair overrides laid over defaults: "
+          "'a->b' one direction, 'a<->b' both"),
+    Field("flows", "flows", "messages one ensemble sends to another"),
+)}
+
+
+def _where(source: str, line: int | None, column: int | None, entry: str) -> str:
+    where = source if line is None else f"{source}:{line}:{column}"
+    return f"{where}: {entry}" if entry else where
 
 
 class TopologyError(ValueError):
-    """A topology file is wrong. ``source``/``entry``/``fix`` say where and how."""
+    """A topology file is wrong. ``source``/``entry``/``fix`` say where and
+    how; ``line``/``column`` (1-based, None when unknown) point into the file."""
 
-    def __init__(self, source: str, entry: str, problem: str, fix: str) -> None:
-        where = f"{source}: {entry}" if entry else source
-        super().__init__(f"{where}: {problem}. Fix: {fix}")
+    def __init__(self, source: str, entry: str, problem: str, fix: str,
+                 line: int | None = None, column: int | None = None) -> None:
+        super().__init__(f"{_where(source, line, column, entry)}: {problem}. Fix: {fix}")
         self.source, self.entry, self.problem, self.fix = source, entry, problem, fix
+        self.line, self.column = line, column
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: plain YAML silently keeps the
-    last one, which would hide a second ``a->b`` override."""
+@dataclass(frozen=True)
+class TopologyWarning:
+    """Something in a valid file that probably does not mean what was meant."""
+
+    source: str
+    entry: str
+    problem: str
+    fix: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        return f"{_where(self.source, self.line, self.column, self.entry)}: " \
+               f"{self.problem}. Fix: {self.fix}"
 
 
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode,
-                       deep: bool = False) -> dict:
+# --- YAML with positions -------------------------------------------------------
+
+class _Loc(NamedTuple):
+    """Where a node starts (1-based) and, for a plain scalar, its text as
+    written: ``no`` for what YAML 1.1 reads as False."""
+
+    line: int
+    column: int
+    text: str | None = None
+
+
+def _loc(node: yaml.Node) -> _Loc:
+    plain = isinstance(node, yaml.ScalarNode) and node.style is None
+    return _Loc(node.start_mark.line + 1, node.start_mark.column + 1,
+                node.value if plain else None)
+
+
+class _Map(dict):
+    """A YAML mapping that remembers where it, each key and each value are."""
+
+    def __init__(self, loc: _Loc) -> None:
+        super().__init__()
+        self.loc = loc
+        self.key_locs: dict[Any, _Loc] = {}
+        self.value_locs: dict[Any, _Loc] = {}
+
+
+class _Seq(list):
+    """A YAML sequence that remembers where it and each item are."""
+
+    def __init__(self, items: list, loc: _Loc, locs: list[_Loc]) -> None:
+        super().__init__(items)
+        self.loc, self.locs = loc, locs
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that builds ``_Map``/``_Seq`` (with positions) and refuses
+    duplicate keys: plain YAML silently keeps the last one, which would hide
+    a second ``a->b`` override."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.Node) -> _Map:
+    if not isinstance(node, yaml.MappingNode):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"expected a mapping node, but found {node.id}", node.start_mark)
     seen: dict[Any, yaml.Mark] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:
             raise yaml.constructor.ConstructorError(
                 "while reading a mapping", node.start_mark,
-                f"found duplicate key {key!r} (first at line "
-                f"{seen[key].line + 1})", key_node.start_mark)
+                "found an unhashable key", key_node.start_mark) from None
+        if first is not None:
+            raise _DuplicateKey("while reading a mapping", node.start_mark,
+                                f"duplicate key {key!r} (first at line {first.line + 1})",
+                                key_node.start_mark)
         seen[key] = key_node.start_mark
-    return loader.construct_mapping(node, deep=deep)
+    loader.flatten_mapping(node)  # '<<' merge keys; later keys win
+    result = _Map(_loc(node))
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_locs[key] = _loc(key_node)
+        result.value_locs[key] = _loc(value_node)
+    return result
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+def _construct_sequence(loader: _Loader, node: yaml.Node) -> _Seq:
+    if not isinstance(node, yaml.SequenceNode):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"expected a sequence node, but found {node.id}", node.start_mark)
+    return _Seq([loader.construct_object(child, deep=True) for child in node.value],
+                _loc(node), [_loc(child) for child in node.value])
 
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, _Loc]:
+    """The document and where it starts. Raises TopologyError."""
+    loader = None
+    try:
+        loader = _Loader(text)
+        node = loader.get_single_node()
+        doc = loader.construct_document(node) if node is not None else None
+    except _DuplicateKey as exc:
+        mark = exc.problem_mark
+        raise TopologyError(source, "", exc.problem, "keep one of them (YAML would "
+                            "silently use the last)", mark.line + 1, mark.column + 1) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "unreadable"
+        if exc.context and exc.problem:
+            problem += f" ({exc.context}"
+            if exc.context_mark is not None:
+                problem += (f" started at line {exc.context_mark.line + 1}, "
+                            f"column {exc.context_mark.column + 1}")
+            problem += ")"
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise TopologyError(source, "", f"not valid YAML: {problem}",
+                            "fix the YAML syntax at the line shown", line, column) from None
+    except yaml.reader.ReaderError as exc:
+        before = text[:exc.position]
+        line, column = before.count("\n") + 1, exc.position - before.rfind("\n")
+        raise TopologyError(source, "", f"not valid YAML: {exc.reason} "
+                            f"(character {exc.character!r})",
+                            "remove the character or write it as an escape in a "
+                            "double-quoted string", line, column) from None
+    except yaml.YAMLError as exc:
+        raise TopologyError(source, "", f"not valid YAML ({exc})",
+                            "fix the YAML syntax") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return doc, (_loc(node) if node is not None else _Loc(1, 1))
+
+
+def _at(container: Any, key: Any, *, of_key: bool = False) -> _Loc | None:
+    """Where ``container[key]`` (or, ``of_key``, the key itself) is written."""
+    if isinstance(container, _Map):
+        locs = container.key_locs if of_key else container.value_locs
+        return locs.get(key, container.loc)
+    if isinstance(container, _Seq):
+        if isinstance(key, int) and 0 <= key < len(container.locs):
+            return container.locs[key]
+        return container.loc
+    return None
+
+
+def _as_written(value: Any, loc: _Loc | None) -> str:
+    """``value`` for a message: the text in the file when YAML turned a plain
+    word into something else (``no`` rather than ``False``)."""
+    if isinstance(value, str) or loc is None or loc.text is None:
+        return repr(value)
+    if value is None and not loc.text:
+        return "an empty value"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return loc.text
+    return repr(loc.text)
+
+
+def _misread(value: Any, loc: _Loc | None, pattern: re.Pattern[str]) -> str | None:
+    """The text of a plain scalar that YAML 1.1 turned into a non-string
+    (``no`` -> False, ``007`` -> 7) although it is a valid name as written."""
+    if isinstance(value, str) or loc is None or not loc.text:
+        return None
+    return loc.text if pattern.fullmatch(loc.text) else None
+
+
+def _misread_problem(text: str, value: Any, what: str) -> str:
+    return f"YAML 1.1 reads {text} as {type(value).__name__} {value!r}, not as {what}"
+
+
+# --- validation ----------------------------------------------------------------
 
 class _Reader:
-    """Validation context for one file: knows its name for error messages."""
+    """Validation context for one file: its name for messages, the warnings."""
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.warnings: list[TopologyWarning] = []
 
-    def fail(self, entry: str, problem: str, fix: str) -> TopologyError:
-        return TopologyError(self.source, entry, problem, fix)
+    def fail(self, entry: str, problem: str, fix: str,
+             at: _Loc | None = None) -> TopologyError:
+        line, column = (at.line, at.column) if at else (None, None)
+        return TopologyError(self.source, entry, problem, fix, line, column)
 
-    def mapping(self, value: Any, entry: str, allowed: set[str],
-                example: str) -> dict:
+    def warn(self, entry: str, problem: str, fix: str, at: _Loc | None) -> None:
+        line, column = (at.line, at.column) if at else (None, None)
+        self.warnings.append(TopologyWarning(self.source, entry, problem, fix,
+                                             line, column))
+
+    def mapping(self, value: Any, entry: str, table: dict[str, Field],
+                example: str, at: _Loc | None) -> dict:
         if not isinstance(value, dict):
-            raise self.fail(entry, f"expected a mapping, got {value!r}",
-                            f"write it as e.g. {example}")
+            raise self.fail(entry, f"expected a mapping, got {_as_written(value, at)}",
+                            f"write it as e.g. {example}", at)
         for key in value:
-            if key not in allowed:
+            if key not in table:
                 raise self.fail(f"{entry}.{key}" if entry else str(key),
                                 f"unknown field {key!r}",
-                                f"remove it or use one of {', '.join(sorted(allowed))}")
+                                f"remove it or use one of {', '.join(sorted(table))}",
+                                _at(value, key, of_key=True))
+        for field in table.values():
+            if field.required and field.key not in value:
+                where = f"{entry}.{field.key}" if entry else field.key
+                raise self.fail(where, "missing required field",
+                                f"add '{field.key}:' ({field.doc})",
+                                getattr(value, "loc", at))
         return value
 
-    def unit(self, parser: Callable[[Any], Any], value: Any, entry: str) -> Any:
+    def unit(self, kind: str, raw: Any, entry: str, at: _Loc | None) -> Any:
         try:
-            return parser(value)
+            return UNIT_KINDS[kind][0](raw)
         except UnitError as exc:
-            raise self.fail(entry, exc.problem, exc.fix) from None
+            raise self.fail(entry, exc.problem, exc.fix, at) from None
 
-    def integer(self, value: Any, entry: str, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(entry, f"{value!r} is not a whole number",
-                            f"write an integer >= {minimum}")
-        if value < minimum:
-            raise self.fail(entry, f"{value} is below {minimum}",
-                            f"write an integer >= {minimum}")
-        return value
+    def scalar(self, table: dict[str, Field], container: dict, key: str,
+               entry: str) -> Any:
+        """The value of field ``key`` in ``container`` read per its kind, or
+        its default (read the same way) when absent."""
+        field = table[key]
+        at = _at(container, key)
+        raw = container.get(key, field.default)
+        if field.kind in UNIT_KINDS:
+            value = self.unit(field.kind, raw, entry, at)
+            if field.kind == "duration" and field.positive and value <= 0:
+                raise self.fail(entry, f"{key} must be positive",
+                                f"write a {key} > 0, e.g. {key}: 10s", at)
+            if field.kind == "duration" and value < 0:
+                raise self.fail(entry, f"{raw!r} is negative",
+                                f"write a {key} >= 0, e.g. 20ms", at)
+            if field.kind == "percent" and key in container:
+                note = percent_note(raw)
+                if note:
+                    self.warn(entry, *note, at)
+            return value
+        if field.kind == "integer":
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise self.fail(entry, f"{_as_written(raw, at)} is not a whole number",
+                                "write an integer" + (f" >= {field.minimum}"
+                                                      if field.minimum is not None else ""),
+                                at)
+            if field.minimum is not None and raw < field.minimum:
+                raise self.fail(entry, f"{raw} is below {field.minimum}",
+                                f"write an integer >= {field.minimum}", at)
+            return raw
+        if field.kind == "boolean":
+            if not isinstance(raw, bool):
+                raise self.fail(entry, f"{_as_written(raw, at)} is not true/false",
+                                f"write {key}: true or {key}: false", at)
+            return raw
+        if field.kind in ("text", "secret"):
+            what = "text" if field.kind == "text" else "a non-empty string"
+            if not isinstance(raw, str) and at is not None and at.text:
+                raise self.fail(entry, _misread_problem(at.text, raw, what),
+                                f"quote it: '{at.text}'", at)
+            if not isinstance(raw, str) or (field.kind == "secret" and not raw):
+                raise self.fail(entry, f"{_as_written(raw, at)} is not {what}",
+                                f"write it in quotes, e.g. {key}: 'some text'", at)
+            return raw
+        if field.kind == "name":
+            text = _misread(raw, at, FLOW_NAME)
+            if text is not None:
+                raise self.fail(entry, _misread_problem(text, raw, "a name"),
+                                f"quote it: '{text}'", at)
+            if not isinstance(raw, str) or not FLOW_NAME.fullmatch(raw):
+                raise self.fail(entry, f"{_as_written(raw, at)} is not a valid name",
+                                "use letters, digits, '-', '_', '.', ':' (max 64)", at)
+            return raw
+        raise AssertionError(f"field {key!r} of kind {field.kind!r} is not a scalar")
 
-    def link(self, value: Any, entry: str, base: LinkSpec) -> LinkSpec:
+    def link(self, value: Any, entry: str, base: LinkSpec, at: _Loc | None) -> LinkSpec:
         """Link properties in ``value`` laid over ``base``."""
         if value is None:
             return base
-        props = self.mapping(value, entry, set(LINK_FIELDS),
-                             "{delay: 20ms, loss: 2%}")
+        props = self.mapping(value, entry, LINK_FIELDS, "{delay: 20ms, loss: 2%}", at)
         spec = {f.name: getattr(base, f.name) for f in fields(LinkSpec)}
-        for key, raw in props.items():
-            attr, parser, _ = LINK_FIELDS[key]
-            spec[attr] = self.unit(parser, raw, f"{entry}.{key}")
-            if attr in ("delay_s", "jitter_s") and spec[attr] < 0:
-                raise self.fail(f"{entry}.{key}", f"{raw!r} is negative",
-                                f"write a {key} >= 0, e.g. 20ms")
-        return LinkSpec(**spec)
+        for key in props:
+            spec[LINK_FIELDS[key].attr] = self.scalar(LINK_FIELDS, props, key,
+                                                      f"{entry}.{key}")
+        result = LinkSpec(**spec)
+        if result.jitter_s > result.delay_s and ("delay" in props or "jitter" in props):
+            self.warn(entry, f"jitter {format_duration(result.jitter_s)} is larger than "
+                      f"delay {format_duration(result.delay_s)}, so the delay "
+                      "distribution is clipped at 0",
+                      "keep jitter <= delay (docs/topologies.md, Links)", at)
+        return result
 
-    def ensembles(self, value: Any) -> tuple[str, ...]:
+    def ensembles(self, doc: dict) -> tuple[str, ...]:
+        value, at = doc["ensembles"], _at(doc, "ensembles")
         if not isinstance(value, list) or not value:
-            raise self.fail("ensembles", f"expected a non-empty list, got {value!r}",
-                            "write e.g. ensembles: [a, b]")
+            raise self.fail("ensembles", f"expected a non-empty list, got "
+                            f"{_as_written(value, at)}", "write e.g. ensembles: [a, b]", at)
         names: list[str] = []
         for i, name in enumerate(value):
-            entry = f"ensembles[{i}]"
+            entry, where = f"ensembles[{i}]", _at(value, i)
+            text = _misread(name, where, ENSEMBLE_NAME)
+            if text is not None:
+                raise self.fail(entry, _misread_problem(text, name, "a name"),
+                                f"quote it: '{text}'", where)
             if not isinstance(name, str):
-                raise self.fail(entry, f"{name!r} is not a name (YAML read it "
-                                f"as {type(name).__name__})",
-                                f"quote it: '{name}', or pick a name starting "
-                                "with a letter")
-            if not ENSEMBLE_NAME.match(name):
+                raise self.fail(entry, f"{_as_written(name, where)} is not a name "
+                                f"(YAML read it as {type(name).__name__} {name!r})",
+                                "pick a name starting with a letter", where)
+            if not ENSEMBLE_NAME.fullmatch(name):
                 raise self.fail(entry, f"{name!r} is not a valid ensemble name",
                                 "start with a letter; use letters, digits, "
-                                "'-' or '_'; at most 32 characters")
+                                "'-' or '_'; at most 32 characters", where)
             if name in names:
                 raise self.fail(entry, f"duplicate ensemble name {name!r}",
-                                "give every ensemble a different name")
+                                "give every ensemble a different name", where)
             names.append(name)
+        if len(names) < 2:
+            self.warn("ensembles", f"only one ensemble ({names[0]}): no link "
+                      "can carry a message", "add a second ensemble and a flow to it", at)
         return tuple(names)
 
-    def endpoint(self, name: Any, entry: str, ensembles: tuple[str, ...]) -> str:
+    def endpoint(self, name: Any, entry: str, ensembles: tuple[str, ...],
+                 at: _Loc | None) -> str:
         if name not in ensembles:
-            raise self.fail(entry, f"unknown ensemble {name!r}",
-                            f"add it to ensembles or use one of {', '.join(ensembles)}")
+            text = _misread(name, at, ENSEMBLE_NAME)
+            if text in ensembles:
+                raise self.fail(entry, _misread_problem(text, name, "an ensemble name"),
+                                f"quote it: '{text}'", at)
+            raise self.fail(entry, f"unknown ensemble {_as_written(name, at)}",
+                            f"add it to ensembles or use one of {', '.join(ensembles)}", at)
         return name
 
-    def links(self, value: Any, ensembles: tuple[str, ...],
+    def links(self, doc: dict, ensembles: tuple[str, ...],
               default: LinkSpec) -> dict[tuple[str, str], LinkSpec]:
+        value, at = doc.get("links"), _at(doc, "links")
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise self.fail("links", f"expected a mapping, got {value!r}",
-                            "write e.g. links: {a->b: {loss: 5%}}")
+            raise self.fail("links", f"expected a mapping, got {_as_written(value, at)}",
+                            "write e.g. links: {a->b: {loss: 5%}}", at)
         symmetric: dict[tuple[str, str], LinkSpec] = {}
-        directed: dict[tuple[str, str], tuple[str, Any]] = {}
+        directed: dict[tuple[str, str], tuple[str, Any, _Loc | None]] = {}
         for key, props in value.items():
-            entry = f"links[{key!r}]"
+            entry, key_at = f"links[{key!r}]", _at(value, key, of_key=True)
             text = str(key)
-            sep = "<->" if "<->" in text else "->" if "->" in text else None
+            sep = next((s for s in LINK_SEPARATORS if s in text), None)
             parts = [p.strip() for p in text.split(sep)] if sep else []
             if len(parts) != 2:
                 raise self.fail(entry, f"{text!r} is not a link",
                                 "name a link 'a->b' (one direction) or "
-                                "'a<->b' (both directions)")
-            src = self.endpoint(parts[0], entry, ensembles)
-            dst = self.endpoint(parts[1], entry, ensembles)
+                                "'a<->b' (both directions)", key_at)
+            src = self.endpoint(parts[0], entry, ensembles, key_at)
+            dst = self.endpoint(parts[1], entry, ensembles, key_at)
             if src == dst:
                 raise self.fail(entry, "a link from an ensemble to itself",
-                                "name two different ensembles")
+                                "name two different ensembles", key_at)
             if sep == "->":
                 if (src, dst) in directed:
                     raise self.fail(entry, f"link {src}->{dst} is given twice",
-                                    "keep one entry per direction")
-                directed[(src, dst)] = (entry, props)
+                                    "keep one entry per direction", key_at)
+                directed[(src, dst)] = (entry, props, _at(value, key))
                 continue
-            spec = self.link(props, entry, default)
+            spec = self.link(props, entry, default, _at(value, key))
             for pair in ((src, dst), (dst, src)):
                 if pair in symmetric:
                     raise self.fail(entry, f"link {src}<->{dst} is given twice",
-                                    "keep one of 'a<->b' and 'b<->a'")
+                                    "keep one of 'a<->b' and 'b<->a'", key_at)
                 symmetric[pair] = spec
         # A one-way entry is more specific than a two-way one, so it wins
         # (documented): 'a<->b' sets both, 'a->b' then refines one side.
         links = dict(symmetric)
-        for pair, (entry, props) in directed.items():
-            links[pair] = self.link(props, entry, symmetric.get(pair, default))
+        for pair, (entry, props, props_at) in directed.items():
+            links[pair] = self.link(props, entry, symmetric.get(pair, default), props_at)
         return links
 
-    def flow(self, value: Any, index: int, ensembles: tuple[str, ...]) -> Flow:
-        entry = f"flows[{index}]"
-        raw = self.mapping(value, entry, FLOW_FIELDS,
-                           "{from: a, to: b, size: 1200, count: 50, interval: 100ms}")
-        name = raw.get("name")
-        if name is not None:
-            entry = f"flows[{index}] ({name})"
-        for required in ("from", "to", "count", "interval"):
-            if required not in raw:
-                raise self.fail(f"{entry}.{required}", "missing required field",
-                                f"add '{required}:' to the flow")
-        src = self.endpoint(raw["from"], f"{entry}.from", ensembles)
-        dst = self.endpoint(raw["to"], f"{entry}.to", ensembles)
+    def flow(self, items: list, index: int, ensembles: tuple[str, ...]) -> Flow:
+        entry, at = f"flows[{index}]", _at(items, index)
+        raw = items[index]
+        if isinstance(raw, dict) and "name" in raw:
+            written = _at(raw, "name")
+            entry = f"flows[{index}] ({written.text if written and written.text else raw['name']})"
+        raw = self.mapping(raw, entry, FLOW_FIELDS,
+                           "{from: a, to: b, size: 1200, count: 50, interval: 100ms}", at)
+        at = getattr(raw, "loc", at)
+
+        def field(key: str) -> Any:
+            return self.scalar(FLOW_FIELDS, raw, key, f"{entry}.{key}")
+
+        name = field("name") if "name" in raw else None
+        src = self.endpoint(raw["from"], f"{entry}.from", ensembles, _at(raw, "from"))
+        dst = self.endpoint(raw["to"], f"{entry}.to", ensembles, _at(raw, "to"))
         if src == dst:
             raise self.fail(entry, f"flow from {src!r} to itself",
-                            "send to a different ensemble")
-        if ("size" in raw) == ("sizes" in raw):
+                            "send to a different ensemble", _at(raw, "to"))
+        given = [k for k in FLOW_SIZE_KEYS if k in raw]
+        if len(given) != 1:
             raise self.fail(f"{entry}.size", "give exactly one of 'size' and 'sizes'",
-                            "write size: 1200, or sizes: [64, 128, 256]")
+                            "write size: 1200, or sizes: [64, 128, 256]",
+                            _at(raw, given[-1], of_key=True) if given else at)
         if "size" in raw:
-            sizes = (self.size(raw["size"], f"{entry}.size"),)
+            sizes = (self.size(raw["size"], f"{entry}.size", _at(raw, "size")),)
         else:
-            listed = raw["sizes"]
+            listed, listed_at = raw["sizes"], _at(raw, "sizes")
             if not isinstance(listed, list) or not listed:
                 raise self.fail(f"{entry}.sizes", f"expected a non-empty list, "
-                                f"got {listed!r}", "write sizes: [64, 128, 256]")
-            sizes = tuple(self.size(s, f"{entry}.sizes[{i}]")
+                                f"got {listed!r}", "write sizes: [64, 128, 256]", listed_at)
+            sizes = tuple(self.size(s, f"{entry}.sizes[{i}]", _at(listed, i))
                           for i, s in enumerate(listed))
-        ensure = raw.get("ensure", DEFAULT_FLOW.ensure)
-        if not isinstance(ensure, bool):
-            raise self.fail(f"{entry}.ensure", f"{ensure!r} is not true/false",
-                            "write ensure: true or ensure: false")
-        deadline = self.unit(parse_duration, raw.get("deadline", "30s"),
-                             f"{entry}.deadline")
-        if deadline <= 0:
-            raise self.fail(f"{entry}.deadline", "deadline must be positive",
-                            "write e.g. deadline: 10s")
-        interval = self.unit(parse_duration, raw["interval"], f"{entry}.interval")
-        start = self.unit(parse_duration, raw.get("start", 0), f"{entry}.start")
-        for key, val in (("interval", interval), ("start", start)):
-            if val < 0:
-                raise self.fail(f"{entry}.{key}", f"{key} is negative",
-                                f"write a {key} >= 0")
-        if name is None:
-            name = f"{src}-{dst}"
-        elif not isinstance(name, str) or not FLOW_NAME.match(name):
-            raise self.fail(f"{entry}.name", f"{name!r} is not a valid flow name",
-                            "use letters, digits, '-', '_', '.', ':' (max 64)")
-        return Flow(name=name, src=src, dst=dst, sizes=sizes,
-                    count=self.integer(raw["count"], f"{entry}.count", 1),
-                    interval_s=interval, ensure=ensure, deadline_s=deadline,
-                    start_s=start)
+        return Flow(name=name if name is not None else f"{src}-{dst}", src=src, dst=dst,
+                    sizes=sizes, count=field("count"), interval_s=field("interval"),
+                    ensure=field("ensure"), deadline_s=field("deadline"),
+                    start_s=field("start"))
 
-    def size(self, value: Any, entry: str) -> int:
-        size = self.unit(parse_size, value, entry)
+    def size(self, value: Any, entry: str, at: _Loc | None) -> int:
+        size = self.unit("size", value, entry, at)
         if size < 1:
             raise self.fail(entry, f"size {value!r} is below 1 byte",
-                            "write a size of at least 1 byte")
+                            "write a size of at least 1 byte", at)
         if size > MAX_MESSAGE_SIZE:
             raise self.fail(entry, f"size {value!r} is over the 64 MiB limit",
-                            "send smaller messages (did you mean KB?)")
+                            "send smaller messages (did you mean KB?)", at)
         return size
 
-    def flows(self, value: Any, ensembles: tuple[str, ...]) -> tuple[Flow, ...]:
+    def flows(self, doc: dict, ensembles: tuple[str, ...], top: _Loc) -> tuple[Flow, ...]:
+        value, at = doc.get("flows"), _at(doc, "flows")
         if value is None:
-            return ()
+            value = []
         if not isinstance(value, list):
-            raise self.fail("flows", f"expected a list, got {value!r}",
-                            "write flows as a list of '- from: a ...' items")
-        flows = [self.flow(item, i, ensembles) for i, item in enumerate(value)]
+            raise self.fail("flows", f"expected a list, got {_as_written(value, at)}",
+                            "write flows as a list of '- from: a ...' items", at)
+        flows = [self.flow(value, i, ensembles) for i in range(len(value))]
+        if not flows:
+            self.warn("flows", "no flows: nothing is sent, so a run measures nothing",
+                      "add a flow, e.g. '- {from: a, to: b, size: 100, count: 100, "
+                      "interval: 10ms}'", at or top)
         # Unnamed flows get "src-dst"; number repeats so names stay unique,
         # since events and reports key everything on the flow name.
         unnamed = {i for i, item in enumerate(value) if "name" not in item}
@@ -283,7 +602,8 @@ class _Reader:
                 if i not in unnamed:
                     raise self.fail(f"flows[{i}].name", f"duplicate flow name "
                                     f"{name!r} (also flows[{seen[name]}])",
-                                    "give every flow a different name")
+                                    "give every flow a different name",
+                                    _at(value[i], "name"))
                 k = 2
                 while f"{name}-{k}" in seen:
                     k += 1
@@ -293,62 +613,119 @@ class _Reader:
             result.append(flow)
         return tuple(result)
 
+    def topology(self, text: str) -> Topology:
+        doc, top = _parse_yaml(text, self.source)
+        if doc is None:
+            raise self.fail("", "the file is empty", "write at least "
+                            "'ensembles: [a, b]' and a flow", top)
+        doc = self.mapping(doc, "", TOP_FIELDS, "a mapping with ensembles: and flows:", top)
+        if "name" in doc:
+            name = self.scalar(TOP_FIELDS, doc, "name", "name")
+        else:
+            name = Path(self.source).stem
+            if not FLOW_NAME.fullmatch(name):
+                raise self.fail("name", f"the file name {name!r} is not a valid "
+                                "topology name", "add name: with letters, digits, "
+                                "'-', '_', '.'", top)
+        seed = self.scalar(TOP_FIELDS, doc, "seed", "seed")
+        auth_key = self.scalar(TOP_FIELDS, doc, "auth_key", "auth_key") \
+            if "auth_key" in doc else None
+        description = self.scalar(TOP_FIELDS, doc, "description", "description")
+        ensembles = self.ensembles(doc)
+        default = self.link(doc.get("defaults"), "defaults", LinkSpec(),
+                            _at(doc, "defaults"))
+        return Topology(name=name, ensembles=ensembles, default_link=default,
+                        links=self.links(doc, ensembles, default),
+                        flows=self.flows(doc, ensembles, top),
+                        seed=seed, auth_key=auth_key, description=description)
+
+
+# --- entry points --------------------------------------------------------------
+
+def check_topology_text(text: str, source_name: str = "<text>"
+                        ) -> tuple[Topology, list[TopologyWarning]]:
+    """Parse and validate topology YAML; return it with its warnings (not
+    logged). ``source_name`` appears in messages and its stem is the default
+    topology name. Raises TopologyError."""
+    reader = _Reader(source_name)
+    topology = reader.topology(text)
+    return topology, reader.warnings
+
 
 def load_topology_text(text: str, source_name: str = "<text>") -> Topology:
-    """Parse and validate topology YAML; ``source_name`` appears in errors and
-    its stem is the default topology name. Raises TopologyError."""
-    reader = _Reader(source_name)
-    try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - safe loader subclass
-    except yaml.YAMLError as exc:
-        raise reader.fail("", f"not valid YAML ({exc})",
-                          "fix the YAML syntax at the line shown") from None
-    doc = reader.mapping(doc, "", TOP_FIELDS, "a mapping with ensembles: and flows:")
-    if "ensembles" not in doc:
-        raise reader.fail("ensembles", "missing required field",
-                          "list the ensembles, e.g. ensembles: [a, b]")
-    name = doc.get("name", Path(source_name).stem)
-    if not isinstance(name, str) or not FLOW_NAME.match(name):
-        raise reader.fail("name", f"{name!r} is not a valid topology name",
-                          "use letters, digits, '-', '_', '.'")
-    seed = doc.get("seed", 1)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise reader.fail("seed", f"{seed!r} is not an integer", "write e.g. seed: 1")
-    auth_key = doc.get("auth_key")
-    if auth_key is not None and (not isinstance(auth_key, str) or not auth_key):
-        raise reader.fail("auth_key", f"{auth_key!r} is not a non-empty string",
-                          "quote the key, e.g. auth_key: 'secret', or remove it")
-    description = doc.get("description", "")
-    if not isinstance(description, str):
-        raise reader.fail("description", "expected text", "quote the description")
-    ensembles = reader.ensembles(doc["ensembles"])
-    default = reader.link(doc.get("defaults"), "defaults", LinkSpec())
-    return Topology(name=name, ensembles=ensembles, default_link=default,
-                    links=reader.links(doc.get("links"), ensembles, default),
-                    flows=reader.flows(doc.get("flows"), ensembles),
-                    seed=seed, auth_key=auth_key, description=description)
+    """Parse and validate topology YAML, logging its warnings. Raises TopologyError."""
+    topology, warnings = check_topology_text(text, source_name)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return topology
 
 
-def load_topology(path: Path) -> Topology:
-    """Read and validate one topology file. Raises TopologyError."""
-    path = Path(path)
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise TopologyError(str(path), "", f"cannot read the file ({exc.strerror})",
                             "check the path; 'list' shows the shipped topologies") from None
-    topology = load_topology_text(text, str(path))
+    except UnicodeDecodeError as exc:
+        raise TopologyError(str(path), "", f"not UTF-8 text (byte {exc.start})",
+                            "save the file as UTF-8") from None
+
+
+def check_topology(path: Path) -> tuple[Topology, list[TopologyWarning]]:
+    """Read and validate one topology file; return it with its warnings (not
+    logged). Raises TopologyError."""
+    path = Path(path)
+    return check_topology_text(_read(path), str(path))
+
+
+def load_topology(path: Path) -> Topology:
+    """Read and validate one topology file, logging its warnings. Raises TopologyError."""
+    topology, warnings = check_topology(path)
+    for warning in warnings:
+        log.warning("%s", warning)
     log.debug("loaded topology %s: %d ensembles, %d flows", topology.name,
               len(topology.ensembles), len(topology.flows))
     return topology
 
 
+@dataclass(frozen=True)
+class ScannedTopology:
+    """One file of a topology directory: ``topology`` and its ``warnings``
+    when it is valid, else ``error`` (``str(error)`` is one line)."""
+
+    name: str
+    path: Path
+    topology: Topology | None
+    error: TopologyError | None
+    warnings: tuple[TopologyWarning, ...] = ()
+
+
+def scan_topologies(topo_dir: Path = SHIPPED_DIR) -> list[ScannedTopology]:
+    """Every topology file of ``topo_dir`` (names as ``list_topologies``),
+    loaded; an invalid file gives an entry with ``error`` instead of stopping
+    the scan. Nothing is logged."""
+    scanned = []
+    for name in list_topologies(topo_dir):
+        path = Path(topo_dir) / f"{name}.yaml"
+        if not path.is_file():
+            path = path.with_suffix(".yml")
+        try:
+            topology, warnings = check_topology(path)
+        except TopologyError as exc:
+            scanned.append(ScannedTopology(name, path, None, exc))
+        else:
+            scanned.append(ScannedTopology(name, path, topology, None, tuple(warnings)))
+    return scanned
+
+
+# --- writing -------------------------------------------------------------------
+
 def _link_yaml(spec: LinkSpec, base: LinkSpec) -> dict[str, Any]:
     """The properties of ``spec`` that differ from ``base``, as file text."""
     out: dict[str, Any] = {}
-    for key, (attr, _, fmt) in LINK_FIELDS.items():
-        if getattr(spec, attr) != getattr(base, attr):
-            out[key] = fmt(getattr(spec, attr))
+    for key, field in LINK_FIELDS.items():
+        if getattr(spec, field.attr) != getattr(base, field.attr):
+            out[key] = UNIT_KINDS[field.kind][1](getattr(spec, field.attr))
     return out
 
 
@@ -395,7 +772,9 @@ def topology_to_yaml(topology: Topology) -> str:
                           allow_unicode=True, width=100)
 
 
-def list_topologies(topo_dir: Path = Path("topologies")) -> list[str]:
+# --- finding files -------------------------------------------------------------
+
+def list_topologies(topo_dir: Path = SHIPPED_DIR) -> list[str]:
     """Names (file stems) of the topology files in ``topo_dir``, sorted."""
     topo_dir = Path(topo_dir)
     if not topo_dir.is_dir():
@@ -405,7 +784,7 @@ def list_topologies(topo_dir: Path = Path("topologies")) -> list[str]:
 
 
 def find_topology(name_or_path: str | Path,
-                  topo_dir: Path = Path("topologies")) -> Path:
+                  topo_dir: Path = SHIPPED_DIR) -> Path:
     """A path as given if it is a file, else ``topo_dir/<name>.yaml``.
     Raises TopologyError listing the known names when neither exists."""
     candidate = Path(name_or_path)

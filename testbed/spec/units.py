@@ -13,6 +13,7 @@ what makes ``parse(format(x)) == x`` hold.
 from __future__ import annotations
 
 import decimal
+import math
 import re
 from fractions import Fraction
 
@@ -48,8 +49,10 @@ SIZE_UNITS: dict[str, int] = {
     "gib": 2**30,
 }
 
-_NUMBER_UNIT = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
-                          r"([^\d\s].*?)?\s*$")
+# The number in front of a unit, without its sign; testbed.spec.schema builds
+# the editor schema's patterns from it, so both read numbers alike.
+UNSIGNED_NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NUMBER_UNIT = re.compile(rf"^\s*([-+]?{UNSIGNED_NUMBER})\s*([^\d\s].*?)?\s*$")
 
 
 class UnitError(ValueError):
@@ -67,8 +70,8 @@ def _split(value: object, what: str, example: str) -> tuple[Fraction, str]:
         raise UnitError(f"{value!r} is a boolean, not a {what}",
                         f"write a {what} such as {example}")
     if isinstance(value, (int, float)):
-        if isinstance(value, float) and value != value:  # NaN
-            raise UnitError(f"{value!r} is not a number", f"write e.g. {example}")
+        if isinstance(value, float) and not math.isfinite(value):  # .nan, .inf
+            raise UnitError(f"{value!r} is not a finite number", f"write e.g. {example}")
         return Fraction(value), ""
     if not isinstance(value, str):
         raise UnitError(f"{value!r} is not a {what}",
@@ -99,7 +102,8 @@ def parse_duration(value: object) -> float:
 
 def parse_percent(value: object) -> float:
     """Fraction in [0, 1] from ``2%``; a bare number is read as percent too
-    (``loss: 2`` is 2 %, as in tc netem)."""
+    (``loss: 2`` is 2 %, as in tc netem). ``percent_note`` flags the bare
+    numbers that look like fractions (``loss: 0.02``)."""
     number, unit = _split(value, "percentage", "2%")
     if unit not in ("", "%"):
         raise UnitError(f"unknown unit {unit!r} in {value!r}",
@@ -108,6 +112,26 @@ def parse_percent(value: object) -> float:
         raise UnitError(f"{value!r} is outside 0%..100%",
                         "write a percentage between 0% and 100%")
     return float(number / 100)
+
+
+def percent_note(value: object) -> tuple[str, str] | None:
+    """(problem, fix) when ``value``, which ``parse_percent`` accepts, may not
+    mean what its author meant, else None. A bare number in (0, 1] is percent
+    here (``loss: 0.02`` is 0.02 %, as in tc netem) but looks like a fraction
+    (2 %); callers report it as a warning, never as an error."""
+    try:
+        number, unit = _split(value, "percentage", "2%")
+    except UnitError:
+        return None
+    if unit != "" or not 0 < number <= 1:
+        return None
+    text = str(value).strip()
+    fraction, as_fraction = (_plain(decimal.Decimal(text.lstrip("+")).scaleb(shift))
+                             for shift in (-2, 2))
+    return (f"{text} has no '%', so it is read as {text}% (a fraction of "
+            f"{fraction}), not as the fraction {text} (= {as_fraction}%)",
+            f"write the unit: {text}% if that is meant, or {as_fraction}% "
+            f"if {text} was a fraction")
 
 
 def parse_rate(value: object) -> float | None:
@@ -165,6 +189,12 @@ def _decimal_text(value: float, factor: Fraction) -> str:
     if -6 <= d.adjusted() <= 15:
         return format(d, "f")
     return format(d, "e").replace("e+", "e")
+
+
+def _plain(d: decimal.Decimal) -> str:
+    """``Decimal('2.00')`` -> ``2``, ``Decimal('1E-7')`` -> ``0.0000001``."""
+    d = d.normalize()
+    return format(d, "f") if -12 <= d.adjusted() <= 15 else format(d, "e")
 
 
 def _pick(candidates: list[str]) -> str:

@@ -4,7 +4,6 @@ SIGINT/SIGTERM at any point leaving nothing behind."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

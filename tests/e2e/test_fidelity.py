@@ -30,7 +30,7 @@ from testbed.spec.topology import list_topologies, load_topology
 
 pytestmark = [pytest.mark.e2e]
 
-TOPO_DIR = Path(__file__).resolve().parents[2] / "topologies"
+TOPO_DIR = Path(__file__).resolve().parents[2] / "testbed" / "topologies"
 #: A model this far off on a median is broken, not noisy: the host adds a
 #: few milliseconds to latencies of 8 ms and up.
 GROSS_P50 = 0.25

@@ -110,3 +110,18 @@ def test_power_on_a_directory_that_is_not_a_run_exits_2(tmp_path):
 def test_compare_of_a_missing_directory_exits_2(tmp_path):
     out = cli("compare", str(tmp_path / "nope"), "--results", str(tmp_path))
     assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_list_shows_an_invalid_topology_with_its_error_and_the_others(tmp_path, monkeypatch,
+                                                                       capsys):
+    import testbed.cli as cli_mod
+    from testbed.spec.topology import SHIPPED_DIR
+    topo_dir = tmp_path / "topologies"
+    topo_dir.mkdir()
+    (topo_dir / "pair.yaml").write_text((SHIPPED_DIR / "pair.yaml").read_text())
+    (topo_dir / "broken.yaml").write_text("name: broken\nensembles: [a, b\n")
+    monkeypatch.setattr(cli_mod, "SHIPPED_DIR", topo_dir)
+    assert main(["list", "--results", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert "pair" in out and "2 ensembles" in out
+    assert "broken" in out and "INVALID" in out and "broken.yaml:" in out

@@ -12,7 +12,7 @@ from testbed.simulate.simulator import run_simulation, simulate_events
 from testbed.analysis.stats import flow_stats
 from testbed.spec.topology import load_topology
 
-TOPO_DIR = Path(__file__).resolve().parents[2] / "topologies"
+TOPO_DIR = Path(__file__).resolve().parents[2] / "testbed" / "topologies"
 
 
 def test_same_topology_and_seed_give_identical_events():

@@ -1,6 +1,7 @@
-"""Topology files: units, validation messages, round trip, shipped files."""
+"""Topology files: units, validation messages, warnings, round trip, shipped files."""
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
@@ -9,13 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from testbed.spec.model import Flow, LinkSpec, Topology
-from testbed.spec.topology import (TopologyError, find_topology, list_topologies,
-                              load_topology, load_topology_text, topology_to_yaml)
+from testbed.spec.topology import (TopologyError, check_topology, check_topology_text,
+                                   find_topology, list_topologies, load_topology,
+                                   load_topology_text, scan_topologies, topology_to_yaml)
 from testbed.spec.units import (UnitError, format_duration, format_rate, format_size,
-                           parse_duration, parse_percent, parse_rate, parse_size)
+                                parse_duration, parse_percent, parse_rate, parse_size,
+                                percent_note)
 
 REPO = Path(__file__).resolve().parents[2]
-TOPO_DIR = REPO / "topologies"
+TOPO_DIR = REPO / "testbed" / "topologies"
 
 BASE = """
 ensembles: [a, b, c]
@@ -75,6 +78,7 @@ def test_sizes_kb_is_1000_and_kib_is_1024(text, size):
     (parse_rate, "10mbps", "ambiguous"), (parse_rate, "10", "no unit"),
     (parse_rate, "0mbit", "not positive"), (parse_size, "1.5B", "whole number"),
     (parse_size, "3 parsecs", "unknown"), (parse_duration, True, "boolean"),
+    (parse_duration, float("inf"), "finite"), (parse_percent, float("nan"), "finite"),
 ])
 def test_bad_units_are_refused_with_a_fix(parser, text, hint):
     with pytest.raises(UnitError) as info:
@@ -141,25 +145,33 @@ def test_seed_auth_key_and_description_are_read():
     assert (t.seed, t.auth_key, t.description) == (7, "s3cret", "hello")
 
 
-@pytest.mark.parametrize("change, entry, fix_hint", [
-    (("a->b: {loss: 5%}", "a->x: {loss: 5%}"), "links['a->x']", "add it to ensembles"),
-    (("from: a, to: b", "from: a, to: zz"), "flows[0] (f1).to", "add it to ensembles"),
-    (("delay: 20ms", "delay: -5ms"), "defaults.delay", ">= 0"),
-    (("a->b: {loss: 5%}", "a->b: {loss: 150%}"), "links['a->b'].loss", "between 0% and 100%"),
-    (("delay: 20ms", "delay: 20 parsecs"), "defaults.delay", "use one of"),
-    (("delay: 20ms", "delay: 20ms, latency: 3ms"), "defaults.latency", "remove it"),
-    (("count: 50, ", ""), "flows[0] (f1).count", "add 'count:'"),
-    (("[a, b, c]", "[a, b, a]"), "ensembles[2]", "different name"),
-    (("from: a, to: b", "from: a, to: a"), "flows[0] (f1)", "different ensemble"),
-    (("count: 50", "count: 0"), "flows[0] (f1).count", "integer >= 1"),
-    (("size: 1200", "size: 65MiB"), "flows[0] (f1).size", "smaller messages"),
-    (("size: 1200", "size: 1200, sizes: [1]"), "flows[0] (f1).size", "or sizes:"),
-    (("interval: 100ms", "interval: 100"), "flows[0] (f1).interval", "100ms"),
-    (("ensembles:", "ensemble:"), "ensemble", "remove it"),
-    (("a->b:", "a=>b:"), "links['a=>b']", "'a->b'"),
-    (("[a, b, c]", "[a, b, 'no']"), "", ""),  # quoted: fine, must not raise
+# BASE, line by line (1-based; line 1 is empty):
+#   2 ensembles: [a, b, c]
+#   3 defaults: {delay: 20ms, loss: 2%}
+#   5   a->b: {loss: 5%}
+#   7   - {name: f1, from: a, to: b, size: 1200, count: 50, interval: 100ms}
+@pytest.mark.parametrize("change, entry, fix_hint, line, column", [
+    (("a->b: {loss: 5%}", "a->x: {loss: 5%}"), "links['a->x']", "add it to ensembles", 5, 3),
+    (("from: a, to: b", "from: a, to: zz"), "flows[0] (f1).to", "add it to ensembles", 7, 29),
+    (("delay: 20ms", "delay: -5ms"), "defaults.delay", ">= 0", 3, 19),
+    (("a->b: {loss: 5%}", "a->b: {loss: 150%}"), "links['a->b'].loss",
+     "between 0% and 100%", 5, 16),
+    (("delay: 20ms", "delay: 20 parsecs"), "defaults.delay", "use one of", 3, 19),
+    (("delay: 20ms", "delay: 20ms, latency: 3ms"), "defaults.latency", "remove it", 3, 25),
+    (("count: 50, ", ""), "flows[0] (f1).count", "add 'count:'", 7, 5),
+    (("[a, b, c]", "[a, b, a]"), "ensembles[2]", "different name", 2, 19),
+    (("from: a, to: b", "from: a, to: a"), "flows[0] (f1)", "different ensemble", 7, 29),
+    (("count: 50", "count: 0"), "flows[0] (f1).count", "integer >= 1", 7, 51),
+    (("size: 1200", "size: 65MiB"), "flows[0] (f1).size", "smaller messages", 7, 38),
+    (("size: 1200", "size: 1200, sizes: [1]"), "flows[0] (f1).size", "or sizes:", 7, 44),
+    (("interval: 100ms", "interval: 100"), "flows[0] (f1).interval", "100ms", 7, 65),
+    (("ensembles:", "ensemble:"), "ensemble", "remove it", 2, 1),
+    (("a->b:", "a=>b:"), "links['a=>b']", "'a->b'", 5, 3),
+    (("interval: 100ms", "interval: 100ms, deadline: 0s"), "flows[0] (f1).deadline",
+     "deadline > 0", 7, 82),
+    (("[a, b, c]", "[a, b, 'no']"), "", "", 0, 0),  # quoted: fine, must not raise
 ])
-def test_bad_entries_name_file_entry_and_fix(change, entry, fix_hint):
+def test_bad_entries_name_file_line_entry_and_fix(change, entry, fix_hint, line, column):
     text = BASE.replace(*change)
     assert text != BASE
     if not entry:
@@ -167,15 +179,174 @@ def test_bad_entries_name_file_entry_and_fix(change, entry, fix_hint):
         return
     err = error_for(text)
     message = str(err)
-    assert message.startswith("test.yaml: ")
+    assert (err.line, err.column) == (line, column), message
+    assert message.startswith(f"test.yaml:{line}:{column}: {entry}: "), message
     assert err.entry == entry, message
-    assert f"test.yaml: {entry}:" in message
     assert fix_hint in err.fix, message
+    assert "\n" not in message
 
 
 def test_yaml_booleans_as_ensemble_names_are_refused_with_quote_hint():
     err = error_for(BASE.replace("[a, b, c]", "[a, b, no]"))
     assert err.entry == "ensembles[2]" and "quote" in err.fix
+
+
+@pytest.mark.parametrize("change, entry, written", [
+    (("[a, b, c]", "[a, b, no]"), "ensembles[2]", "no"),
+    (("[a, b, c]", "[a, b, On]"), "ensembles[2]", "On"),
+    (("name: f1", "name: yes"), "flows[0] (yes).name", "yes"),
+    (("name: f1", "name: 007"), "flows[0] (007).name", "007"),
+    (("ensembles:", "name: off\nensembles:"), "name", "off"),
+    (("ensembles:", "auth_key: no\nensembles:"), "auth_key", "no"),
+])
+def test_words_yaml_reads_as_non_strings_are_quoted_as_written(change, entry, written):
+    err = error_for(BASE.replace(*change))
+    assert err.entry == entry, str(err)
+    assert f"quote it: '{written}'" in err.fix, str(err)
+    assert "False" not in err.fix and "True" not in err.fix
+    assert f"reads {written} as" in err.problem
+
+
+def test_an_unquoted_word_naming_a_quoted_ensemble_gets_the_quote_hint():
+    err = error_for("""
+        ensembles: [a, 'no']
+        flows: [{from: a, to: no, size: 1, count: 1, interval: 0}]
+    """)
+    assert err.entry == "flows[0].to" and (err.line, err.column) == (3, 23)
+    assert err.fix == "quote it: 'no'", str(err)
+
+
+def test_yaml_syntax_errors_name_the_file_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: broken\nensembles: [a, b\nflows: []\n")
+    with pytest.raises(TopologyError) as info:
+        load_topology(path)
+    message = str(info.value)
+    assert "<unicode string>" not in message
+    assert message.startswith(f"{path}:3:6: not valid YAML: "), message
+    assert "line 2, column 12" in message      # where the unclosed '[' opened
+    assert (info.value.line, info.value.column) == (3, 6)
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("text, line, column, hint", [
+    ("ensembles: [a, b]\n  seed: 1\n", 2, 3, "while parsing a block mapping started at line 1"),
+    ("ensembles: [a, b]\nlinks:\n  a->b: {}\n  a->b: {}\n", 4, 3, "duplicate key 'a->b'"),
+    ("ensembles: [a, b]\ndescription: \x07\n", 2, 14, "special characters"),
+    ("ensembles: [a, b]\n---\nseed: 2\n", 2, 1, "single document"),
+])
+def test_other_yaml_errors_point_into_the_file(text, line, column, hint):
+    with pytest.raises(TopologyError) as info:
+        load_topology_text(text, "t.yaml")
+    assert (info.value.line, info.value.column) == (line, column), str(info.value)
+    assert str(info.value).startswith(f"t.yaml:{line}:{column}: ")
+    assert hint in str(info.value) and "<unicode string>" not in str(info.value)
+
+
+def test_an_empty_or_non_utf8_file_is_a_topology_error(tmp_path):
+    assert "empty" in str(error_for(""))
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("description: caf\xe9\nensembles: [a, b]\n".encode("latin-1"))
+    with pytest.raises(TopologyError, match="UTF-8"):
+        load_topology(path)
+
+
+# --- warnings ---------------------------------------------------------------
+
+def warnings_for(text: str) -> list[str]:
+    _, warnings = check_topology_text(textwrap.dedent(text), "test.yaml")
+    return [str(w) for w in warnings]
+
+
+def test_a_clean_file_has_no_warnings():
+    assert warnings_for(BASE) == []
+
+
+@pytest.mark.parametrize("written, fraction", [("0.02", 0.0002), ("1", 0.01),
+                                               ("'0.5'", 0.005)])
+def test_bare_fraction_as_loss_is_read_as_percent_with_a_warning(written, fraction):
+    text = BASE.replace("loss: 2%", f"loss: {written}")
+    t, warnings = check_topology_text(textwrap.dedent(text), "test.yaml")
+    assert t.default_link.loss == fraction            # percent, as documented
+    [warning] = warnings
+    shown = written.strip("'")
+    assert (warning.line, warning.column) == (3, 31)
+    assert str(warning).startswith("test.yaml:3:31: defaults.loss: ")
+    assert f"read as {shown}%" in warning.problem
+    assert f"{shown}%" in warning.fix and f"{float(shown) * 100:g}%" in warning.fix
+
+
+@pytest.mark.parametrize("key, column", [("duplicate", 21), ("corrupt", 19)])
+def test_bare_fraction_warns_for_every_percentage(key, column):
+    [warning] = warnings_for(BASE.replace("a->b: {loss: 5%}", f"a->b: {{{key}: 0.1}}"))
+    assert warning.startswith(f"test.yaml:5:{column}: links['a->b'].{key}: 0.1 ")
+
+
+@pytest.mark.parametrize("value", ["2", "0", "2%", "0.5%", "100%"])
+def test_unambiguous_percentages_do_not_warn(value):
+    assert percent_note(value) is None
+    assert warnings_for(BASE.replace("loss: 2%", f"loss: {value}")) == []
+
+
+def test_jitter_larger_than_delay_warns_where_it_is_set():
+    warnings = warnings_for("""
+        ensembles: [a, b]
+        defaults: {delay: 1ms, jitter: 5ms}
+        links:
+          a<->b: {loss: 1%}
+          b->a: {delay: 10ms}
+        flows: [{from: a, to: b, size: 1, count: 1, interval: 0}]
+    """)
+    # defaults warns; a<->b inherits without naming delay/jitter; b->a fixes it.
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("test.yaml:3:11: defaults: jitter 5ms is larger "
+                                  "than delay 1ms")
+
+
+def test_jitter_in_a_link_entry_warns_at_that_entry():
+    [warning] = warnings_for(BASE.replace("a->b: {loss: 5%}", "a->b: {jitter: 30ms}"))
+    assert warning.startswith("test.yaml:5:9: links['a->b']: jitter 30ms")
+
+
+def test_one_ensemble_and_no_flows_warn():
+    warnings = warnings_for("ensembles: [solo]\nflows: []\n")
+    assert warnings[0].startswith("test.yaml:1:12: ensembles: only one ensemble")
+    assert warnings[1].startswith("test.yaml:2:8: flows: no flows")
+    assert len(warnings) == 2
+    assert warnings_for("ensembles: [a, b]\n")[0].startswith("test.yaml:1:1: flows: no flows")
+
+
+def test_load_logs_warnings_and_check_returns_them(tmp_path, caplog):
+    path = tmp_path / "w.yaml"
+    path.write_text("ensembles: [a, b]\ndefaults: {loss: 0.02}\n")
+    with caplog.at_level(logging.WARNING, logger="testbed.spec.topology"):
+        load_topology(path)
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(logged) == 2 and logged[0].startswith(f"{path}:2:18: defaults.loss: ")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="testbed.spec.topology"):
+        _, warnings = check_topology(path)
+    assert [str(w) for w in warnings] == logged and caplog.records == []
+
+
+# --- listing ----------------------------------------------------------------
+
+def test_scan_lists_valid_files_and_one_error_per_invalid_file(tmp_path):
+    (tmp_path / "good.yaml").write_text(BASE)
+    (tmp_path / "bad.yaml").write_text("ensembles: [a, b\n")
+    (tmp_path / "worse.yml").write_text("ensembles: [a]\nflows: [{from: a, to: z}]\n")
+    (tmp_path / "warned.yaml").write_text("ensembles: [a, b]\n")
+    (tmp_path / "notes.txt").write_text("not a topology")
+    scanned = {s.name: s for s in scan_topologies(tmp_path)}
+    assert list(scanned) == ["bad", "good", "warned", "worse"]
+    assert scanned["good"].topology == load_topology(tmp_path / "good.yaml")
+    assert scanned["good"].error is None and scanned["good"].warnings == ()
+    assert scanned["bad"].topology is None
+    assert str(scanned["bad"].error).startswith(f"{tmp_path / 'bad.yaml'}:2:1: ")
+    assert scanned["worse"].path == tmp_path / "worse.yml"
+    assert "\n" not in str(scanned["worse"].error)
+    assert [w.entry for w in scanned["warned"].warnings] == ["flows"]
+    assert scan_topologies(tmp_path / "missing") == []
 
 
 def test_duplicate_yaml_keys_are_an_error_not_silently_merged():
@@ -197,7 +368,8 @@ def test_duplicate_flow_names_are_refused():
 
 
 def test_missing_ensembles_and_broken_yaml_are_reported():
-    assert error_for("flows: []\n").entry == "ensembles"
+    err = error_for("flows: []\n")
+    assert err.entry == "ensembles" and (err.line, err.column) == (1, 1)
     assert "not valid YAML" in str(error_for("ensembles: [a, b\n"))
 
 
@@ -259,7 +431,8 @@ def test_shipped_topologies_are_listed():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_topology_is_valid_short_and_round_trips(name):
-    t = load_topology(find_topology(name, TOPO_DIR))
+    t, warnings = check_topology(find_topology(name, TOPO_DIR))
+    assert warnings == []
     assert t.name == name
     last_send = max(f.start_s + f.interval_s * (f.count - 1) for f in t.flows)
     assert last_send <= 30, "keeps make testbed within its time budget"
