@@ -1,1 +1,2 @@
-"""ttnet benchmarks: ``make bench`` (``python benchmarks/run.py``)."""
+"""ttnet benchmarks: ``make bench`` (``python -m benchmarks``); diagnostics:
+``python -m benchmarks.diagnose``. See docs/benchmarks.md."""

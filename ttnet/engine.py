@@ -17,34 +17,42 @@ clock. The caller drives it::
     engine.handle_timers(now)
     engine.datagrams_to_send(now)       -> [(bytes, address), ...]
     engine.next_timer()                 -> absolute time or None
-    engine.pop_events()                 -> [Delivered | SendCompleted | SendFailed]
+    engine.pop_events()                 -> [EngineEvent: Delivered | SendCompleted | SendFailed]
 
 Time is whatever monotonic seconds the driver uses (real or simulated).
 Bad datagrams are counted in :attr:`Engine.counters` and dropped; nothing a
-peer sends can make these methods raise.
+peer sends can make these methods raise. Datagrams are read only through
+:func:`ttnet.wire.parse_datagram`. An observer may follow every step
+through ``EngineConfig.tracer`` (see :mod:`ttnet.events`); with no tracer
+the engine builds no trace events at all.
 """
 from __future__ import annotations
 
 import heapq
 import logging
+import math
 import random
-import struct
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any
 
+from .events import (Address, Delivered, EngineEvent, SendCompleted, SendFailed,
+                     TraceEvent, TraceKind, Tracer)
 from .rtt import CongestionWindow, RttEstimator
 from .window import TTSlidingWindow
-from .wire import (MAX_DATA, MAX_DATAGRAM, TTPacketType, crc_ok, encode_ack,
-                   encode_data, encode_req, packet_count)
+from .wire import (ACK_KIND, DATA_KIND, MAX_DATA, REQ_KIND, MalformedPacket,
+                   encode_ack, encode_data, encode_req, packet_count, parse_datagram)
 
 log = logging.getLogger(__name__)
 
-Address = Hashable  # ("ip", port) for UDP, an ensemble name in the simulator
+__all__ = ["Address", "Delivered", "Engine", "EngineConfig", "EngineEvent",
+           "MessageTooLarge", "SendCompleted", "SendFailed", "TraceEvent", "TraceKind",
+           "Tracer"]
 
-_SEQ = struct.Struct("<BQI")
-_REQ = struct.Struct("<BQHI")
 _INF = float("inf")
+_RECEIVED, _SENT, _RESENT, _DROPPED = (
+    TraceKind.DATAGRAM_RECEIVED, TraceKind.DATAGRAM_SENT,
+    TraceKind.DATAGRAM_RETRANSMITTED, TraceKind.DATAGRAM_DROPPED)
 
 # packet states on the sending side
 _UNSENT, _INFLIGHT, _LOST, _ACKED = 0, 1, 2, 3
@@ -94,57 +102,17 @@ class EngineConfig:
     #: TTPython's is 100 ms): answering it would only make an ACK(0) that
     #: the sender could take for the acknowledgement of packet 0.
     ack_start_guard_s: float = 0.005
+    #: Called with every :class:`ttnet.events.TraceEvent` (datagrams
+    #: received, sent, retransmitted, dropped with the reason; each step of
+    #: a message), in the thread driving the engine. None: no tracing, and
+    #: no cost. Read once, when the Engine is made.
+    tracer: Tracer | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.window_size < 1:
             raise ValueError("window_size must be >= 1")
         if self.max_message_size < 0:
             raise ValueError("max_message_size must be >= 0")
-
-
-# --- events ------------------------------------------------------------------
-class Delivered:
-    """A complete incoming message. The payload is joined from its packets
-    on first access, so a driver can do that copy outside its I/O loop."""
-
-    __slots__ = ("address", "message_id", "_parts", "_payload")
-
-    def __init__(self, address: Address, message_id: int, parts: list[bytes]) -> None:
-        self.address = address
-        self.message_id = message_id
-        self._parts = parts
-        self._payload: bytes | None = None
-
-    @property
-    def payload(self) -> bytes:
-        if self._payload is None:
-            self._payload = b"".join(self._parts)
-            self._parts = []
-        return self._payload
-
-    def parts(self) -> list[bytes]:
-        """The packets' data in order (the joined payload once joined)."""
-        return [self._payload] if self._payload is not None else self._parts
-
-    def __repr__(self) -> str:
-        return f"Delivered({self.address!r}, {self.message_id:#x})"
-
-
-@dataclass(frozen=True, slots=True)
-class SendCompleted:
-    handle: int
-    address: Address
-    message_id: int
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class SendFailed:
-    handle: int
-    address: Address
-    message_id: int
-    size: int
-    reason: str
 
 
 class MessageTooLarge(ValueError):
@@ -223,9 +191,10 @@ class Engine:
         self.config = config or EngineConfig()
         self.rng = rng or random.Random()
         self.counters: Counter[str] = Counter()
+        self._tracer = self.config.tracer
         self._peers: dict[Address, _Peer] = {}
         self._control: deque[tuple[bytes, Address]] = deque()
-        self._events: list[Any] = []
+        self._events: list[EngineEvent] = []
         self._timers: list[tuple[float, int, Any]] = []
         self._timer_seq = 0
         self._handles = 0
@@ -265,6 +234,9 @@ class Engine:
             fast_lost=bytearray(n),
             retransmitted=bytearray(n), req_rto=peer.rtt.rto, req_first_at=now)
         peer.outgoing[mid] = out
+        if self._tracer is not None:
+            self._trace(TraceEvent(TraceKind.SEND_QUEUED, now, address, mid, None, n,
+                                   len(payload)))
         self._send_req(out, now)
         self._rearm(out)
         self.counters["messages_queued"] += 1
@@ -273,32 +245,27 @@ class Engine:
     def datagram_received(self, data: bytes, address: Address, now: float) -> None:
         """Feed one datagram. Never raises for bad input; counts and drops."""
         self.counters["packets_received"] += 1
-        n = len(data)
-        if n < 17 or n > MAX_DATAGRAM:
-            self.counters["dropped_malformed"] += 1
+        try:
+            dg = parse_datagram(data)
+        except MalformedPacket:
+            if self._tracer is not None:
+                self._trace(TraceEvent(_RECEIVED, now, address, size=len(data)))
+            self._drop("dropped_malformed", address, None, now)
             return
-        kind = data[0]
-        if kind == TTPacketType.DATA:
-            pass
-        elif kind == TTPacketType.ACK or kind == TTPacketType.REQ:
-            if n != (17 if kind == TTPacketType.ACK else 19):
-                self.counters["dropped_malformed"] += 1
-                return
+        if dg is None:
+            if self._tracer is not None:
+                self._trace(TraceEvent(_RECEIVED, now, address, size=len(data)))
+            self._drop("dropped_crc", address, None, now)
+            return
+        kind, mid, number, body, _ = dg
+        if self._tracer is not None:
+            self._trace(TraceEvent(_RECEIVED, now, address, mid, kind, number, len(data)))
+        if kind == ACK_KIND:
+            self._on_ack(address, mid, number, now)
+        elif kind == DATA_KIND:
+            self._on_data(address, mid, number, body, now)
         else:
-            self.counters["dropped_malformed"] += 1
-            return
-        if not crc_ok(data):
-            self.counters["dropped_crc"] += 1
-            return
-        if kind == TTPacketType.ACK:
-            _, mid, seq = _SEQ.unpack_from(data)
-            self._on_ack(address, mid, seq, now)
-        elif kind == TTPacketType.DATA:
-            _, mid, seq = _SEQ.unpack_from(data)
-            self._on_data(address, mid, seq, data[13:-4], now)
-        else:
-            _, mid, _mtype, num = _REQ.unpack_from(data)
-            self._on_req(address, mid, num, now)
+            self._on_req(address, mid, number, now)
 
     def handle_timers(self, now: float) -> None:
         """Run everything due at or before ``now``."""
@@ -370,15 +337,23 @@ class Engine:
                 msgs = busy
         return out
 
-    def pop_events(self) -> list[Any]:
+    def pop_events(self) -> list[EngineEvent]:
         ev, self._events = self._events, []
         return ev
 
-    def cancel_all(self, reason: str) -> None:
+    def send_ack_start(self, address: Address, message_id: int, now: float) -> None:
+        """Queue an ACK_START (ACK of sequence 0) for ``message_id`` to
+        ``address``; it leaves with the next ``datagrams_to_send``. The
+        engine answers every acceptable REQ itself; this is for drivers
+        that offer TTPython's ``terminate_handshake``."""
+        self._ack(address, message_id, 0, now)
+
+    def cancel_all(self, reason: str, now: float | None = None) -> None:
         """Fail every pending send (used when the interface closes)."""
+        t = math.nan if now is None else now
         for peer in self._peers.values():
             for out in list(peer.outgoing.values()):
-                self._fail(out, reason)
+                self._fail(out, reason, t)
 
     # ---------------------------------------------------------------- queries
     def pending_sends(self) -> int:
@@ -391,9 +366,25 @@ class Engine:
     def reserved_bytes(self) -> int:
         return self._reserved_total
 
+    def reserved_bytes_by_peer(self) -> dict[Address, int]:
+        """Bytes each peer's incomplete incoming messages reserve."""
+        return {address: peer.reserved for address, peer in self._peers.items()}
+
     def rtt_of(self, address: Address) -> RttEstimator | None:
         peer = self._peers.get(address)
         return peer.rtt if peer else None
+
+    def sending_window(self, address: Address, message_id: int) -> TTSlidingWindow | None:
+        """The window of a send to ``address`` still under way, else None."""
+        peer = self._peers.get(address)
+        out = peer.outgoing.get(message_id) if peer else None
+        return out.window if out else None
+
+    def receiving_window(self, address: Address, message_id: int) -> TTSlidingWindow | None:
+        """The window of a message from ``address`` still arriving, else None."""
+        peer = self._peers.get(address)
+        inc = peer.incoming.get(message_id) if peer else None
+        return inc.window if inc else None
 
     # ---------------------------------------------------------------- helpers
     def _peer(self, address: Address) -> _Peer:
@@ -409,6 +400,26 @@ class Engine:
             self._peers[address] = peer
         return peer
 
+    def _trace(self, event: TraceEvent) -> None:
+        """Hand ``event`` to the tracer. Callers check ``self._tracer`` first,
+        so no event is built without one. The tracer's failures are counted,
+        never raised into the protocol."""
+        tracer = self._tracer
+        if tracer is None:
+            return
+        try:
+            tracer(event)
+        except Exception:
+            if not self.counters["tracer_errors"]:
+                log.exception("ttnet tracer raised; counting further errors silently")
+            self.counters["tracer_errors"] += 1
+
+    def _drop(self, reason: str, address: Address, mid: int | None, now: float) -> None:
+        """A received datagram that changes nothing: count it under ``reason``."""
+        self.counters[reason] += 1
+        if self._tracer is not None:
+            self._trace(TraceEvent(_DROPPED, now, address, mid, reason=reason))
+
     def _schedule(self, obj: Any, when: float) -> None:
         if when < obj.scheduled_at:
             obj.scheduled_at = when
@@ -417,10 +428,14 @@ class Engine:
 
     # ------------------------------------------------------------ sender side
     def _send_req(self, out: _Outgoing, now: float) -> None:
-        self._control.append((encode_req(out.message_id, out.num_packets), out.address))
+        dg = encode_req(out.message_id, out.num_packets)
+        self._control.append((dg, out.address))
         self.counters["req_sent"] += 1
         if out.req_count:
             self.counters["req_retransmitted"] += 1
+        if self._tracer is not None:
+            self._trace(TraceEvent(_RESENT if out.req_count else _SENT, now, out.address,
+                                   out.message_id, REQ_KIND, out.num_packets, len(dg)))
         out.req_count += 1
         if out.ensure:
             out.req_next_at = now + out.req_rto
@@ -463,7 +478,7 @@ class Engine:
             else:
                 reason = (f"deadline: {out.window.done_count}/{out.num_packets} "
                           "packets acknowledged")
-            self._fail(out, reason)
+            self._fail(out, reason, now)
             return
         if not out.started:
             if now >= out.req_next_at:
@@ -500,6 +515,7 @@ class Engine:
     def _next_data(self, out: _Outgoing, peer: _Peer, now: float) -> bytes | None:
         state = out.state
         idx = -1
+        resent = False
         while out.lost:
             i = out.lost.popleft()
             if state[i] == _LOST:
@@ -507,6 +523,7 @@ class Engine:
                 if out.retransmitted[i] < 255:   # resend count
                     out.retransmitted[i] += 1
                 self.counters["data_retransmitted"] += 1
+                resent = True
                 break
         if idx < 0:
             if out.next_new >= out.window.end:
@@ -524,19 +541,23 @@ class Engine:
         if len(out.flight) == 1 or out.scheduled_at == _INF:
             self._rearm(out)
         start = idx * MAX_DATA
-        return encode_data(out.message_id, idx % out.window.modulus,
-                           out.payload[start:start + MAX_DATA])
+        seq = idx % out.window.modulus
+        dg = encode_data(out.message_id, seq, out.payload[start:start + MAX_DATA])
+        if self._tracer is not None:
+            self._trace(TraceEvent(_RESENT if resent else _SENT, now, out.address,
+                                   out.message_id, DATA_KIND, seq, len(dg)))
+        return dg
 
     def _on_ack(self, address: Address, mid: int, seq: int, now: float) -> None:
         self.counters["acks_received"] += 1
         peer = self._peers.get(address)
-        out = peer.outgoing.get(mid) if peer else None
-        if out is None:
-            self.counters["ack_unknown_message"] += 1
+        out = peer.outgoing.get(mid) if peer is not None else None
+        if peer is None or out is None:
+            self._drop("ack_unknown_message", address, mid, now)
             return
         if not out.started:
             if seq != 0:
-                self.counters["ack_before_start"] += 1
+                self._drop("ack_before_start", address, mid, now)
                 return
             out.started = True
             out.started_at = now
@@ -545,15 +566,18 @@ class Engine:
             if out.req_count == 1:        # Karn: only an unambiguous sample
                 peer.rtt.sample(now - out.req_first_at)
             self.counters["handshakes"] += 1
+            if self._tracer is not None:
+                self._trace(TraceEvent(TraceKind.SEND_STARTED, now, address, mid, None,
+                                       out.num_packets, len(out.payload)))
             if out.num_packets == 0:
-                self._complete(out)
+                self._complete(out, now)
                 return
             self._sending[out.handle] = out
             self._rearm(out)
             return
         idx = out.window.get_packet_index(seq)
         if idx is None:
-            self.counters["ack_out_of_window"] += 1
+            self._drop("ack_out_of_window", address, mid, now)
             return
         if idx == 0 and out.state[0] != _ACKED:
             # ACK_START and ACK(0) are the same datagram. Extra ACK_STARTs
@@ -567,7 +591,7 @@ class Engine:
             if echo:
                 out.echo_budget -= 1
             if echo or now - out.started_at < 4 * peer.rtt.mdev:
-                self.counters["ack_start_echo_ignored"] += 1
+                self._drop("ack_start_echo_ignored", address, mid, now)
                 if out.state[0] == _INFLIGHT:
                     # Ambiguous, not necessarily lost: probe with DATA 0
                     # now rather than after an RTO (which would resend the
@@ -575,10 +599,10 @@ class Engine:
                     self._mark_lost(out, peer, 0)
                 return
         if out.state[idx] == _UNSENT:
-            self.counters["ack_for_unsent"] += 1
+            self._drop("ack_for_unsent", address, mid, now)
             return
         if out.window.ack(seq) is None:
-            self.counters["ack_duplicate"] += 1
+            self._drop("ack_duplicate", address, mid, now)
             return
         prev = out.state[idx]
         out.state[idx] = _ACKED
@@ -602,7 +626,7 @@ class Engine:
         out.backoff = 1.0
         peer.cwnd.on_ack()
         if out.window.complete:
-            self._complete(out)
+            self._complete(out, now)
             return
         # Fast retransmit: anything sent dup_thresh transmissions before the
         # packet just acknowledged and still unacknowledged is presumed lost.
@@ -628,20 +652,26 @@ class Engine:
         if degree >= peer.reorder:
             peer.reorder = min(degree + 1, self.config.max_reorder)
 
-    def _complete(self, out: _Outgoing) -> None:
+    def _complete(self, out: _Outgoing, now: float) -> None:
+        size = len(out.payload)
         self._finish(out)
         self.counters["messages_sent"] += 1
-        self._events.append(SendCompleted(out.handle, out.address, out.message_id,
-                                          len(out.payload)))
+        self._events.append(SendCompleted(out.handle, out.address, out.message_id, size))
+        if self._tracer is not None:
+            self._trace(TraceEvent(TraceKind.SEND_COMPLETED, now, out.address,
+                                   out.message_id, None, out.num_packets, size))
 
-    def _fail(self, out: _Outgoing, reason: str) -> None:
+    def _fail(self, out: _Outgoing, reason: str, now: float) -> None:
         if out.done:
             return
+        size = len(out.payload)
         self._finish(out)
         self.counters["messages_failed"] += 1
         log.info("send to %s failed: %s", out.address, reason)
-        self._events.append(SendFailed(out.handle, out.address, out.message_id,
-                                       len(out.payload), reason))
+        self._events.append(SendFailed(out.handle, out.address, out.message_id, size, reason))
+        if self._tracer is not None:
+            self._trace(TraceEvent(TraceKind.SEND_FAILED, now, out.address, out.message_id,
+                                   None, out.num_packets, size, reason))
 
     def _finish(self, out: _Outgoing) -> None:
         out.done = True
@@ -655,9 +685,12 @@ class Engine:
         out.lost.clear()
 
     # ---------------------------------------------------------- receiver side
-    def _ack(self, address: Address, mid: int, seq: int) -> None:
-        self._control.append((encode_ack(mid, seq), address))
+    def _ack(self, address: Address, mid: int, seq: int, now: float) -> None:
+        dg = encode_ack(mid, seq)
+        self._control.append((dg, address))
         self.counters["acks_sent"] += 1
+        if self._tracer is not None:
+            self._trace(TraceEvent(_SENT, now, address, mid, ACK_KIND, seq, len(dg)))
 
     def _on_req(self, address: Address, mid: int, num: int, now: float) -> None:
         self.counters["req_received"] += 1
@@ -670,30 +703,32 @@ class Engine:
             # mistaken for an ack of packet 0.
             if inc.window.done_count == 0 and now - inc.last_ack_start >= cfg.ack_start_guard_s:
                 inc.last_ack_start = now
-                self._ack(address, mid, 0)
+                self._ack(address, mid, 0, now)
             else:
-                self.counters["req_duplicate_ignored"] += 1
+                self._drop("req_duplicate_ignored", address, mid, now)
             return
         done = self._completed.get((address, mid))
         if done is not None and done[0] == num:
-            self.counters["req_duplicate_completed"] += 1
-            self._ack(address, mid, 0)
+            self._drop("req_duplicate_completed", address, mid, now)
+            self._ack(address, mid, 0, now)
             return
         size = num * MAX_DATA
         if size > cfg.max_message_size:
-            self.counters["req_refused_too_large"] += 1
+            self._drop("req_refused_too_large", address, mid, now)
             return
         if len(peer.incoming) >= cfg.max_incoming_per_peer:
-            self.counters["req_refused_peer_limit"] += 1
+            self._drop("req_refused_peer_limit", address, mid, now)
             return
         if (peer.reserved + size > cfg.peer_receive_budget
                 or self._reserved_total + size > cfg.total_receive_budget):
-            self.counters["req_refused_budget"] += 1
+            self._drop("req_refused_budget", address, mid, now)
             return
         window = TTSlidingWindow(cfg.window_size, int(cfg.initial_rto_s * 1000),
                                  initializer=num)
         window.start(now)
-        self._ack(address, mid, 0)
+        if self._tracer is not None:
+            self._trace(TraceEvent(TraceKind.RECEIVE_STARTED, now, address, mid, None, num))
+        self._ack(address, mid, 0, now)
         if num == 0:
             self._deliver(address, mid, [], 0, now)
             return
@@ -707,28 +742,28 @@ class Engine:
                  now: float) -> None:
         self.counters["data_received"] += 1
         peer = self._peers.get(address)
-        inc = peer.incoming.get(mid) if peer else None
-        if inc is None:
+        inc = peer.incoming.get(mid) if peer is not None else None
+        if peer is None or inc is None:
             if (address, mid) in self._completed:
-                self.counters["data_duplicate_completed"] += 1
-                self._ack(address, mid, seq)
+                self._drop("data_duplicate_completed", address, mid, now)
+                self._ack(address, mid, seq, now)
             else:
-                self.counters["dropped_unknown_message"] += 1
+                self._drop("dropped_unknown_message", address, mid, now)
             return
         window = inc.window
         idx, new = window.receive(seq, data)
         if idx is None:
-            self.counters["dropped_out_of_window"] += 1
+            self._drop("dropped_out_of_window", address, mid, now)
             return
-        self._ack(address, mid, seq)
+        self._ack(address, mid, seq, now)
         if not new:
-            self.counters["data_duplicate"] += 1
+            self._drop("data_duplicate", address, mid, now)
             return
         if idx < window.total - 1 and len(data) != MAX_DATA:
             # Only the last packet may be short: a peer that breaks this
             # would make us reassemble a corrupt payload. Drop the message.
-            self.counters["dropped_bad_fragment"] += 1
-            self._drop_incoming(peer, inc)
+            self._drop("dropped_bad_fragment", address, mid, now)
+            self._abandon(peer, inc, "dropped_bad_fragment", now)
             return
         inc.last_progress = now
         if window.complete:
@@ -743,13 +778,20 @@ class Engine:
         self._reserved_total -= inc.reserved
         inc.window.items = []
 
+    def _abandon(self, peer: _Peer, inc: _Incoming, reason: str, now: float) -> None:
+        """Give up an incomplete incoming message."""
+        self._drop_incoming(peer, inc)
+        if self._tracer is not None:
+            self._trace(TraceEvent(TraceKind.RECEIVE_ABANDONED, now, inc.address,
+                                   inc.message_id, None, inc.window.total, reason=reason))
+
     def _service_incoming(self, inc: _Incoming, now: float) -> None:
         expires = inc.last_progress + self.config.incoming_idle_timeout_s
         if now >= expires:
             self.counters["incoming_expired"] += 1
             log.info("dropping incomplete message %x from %s after %.1fs idle",
                      inc.message_id, inc.address, now - inc.last_progress)
-            self._drop_incoming(self._peers[inc.address], inc)
+            self._abandon(self._peers[inc.address], inc, "incoming_expired", now)
         else:
             self._schedule(inc, expires)
 
@@ -757,9 +799,13 @@ class Engine:
                  now: float) -> None:
         self._completed[(address, mid)] = (num, now + self.config.completed_ttl_s)
         self._purge_completed(now)
+        size = sum(map(len, parts))
         self.counters["messages_delivered"] += 1
-        self.counters["bytes_delivered"] += sum(map(len, parts))
+        self.counters["bytes_delivered"] += size
         self._events.append(Delivered(address, mid, parts))
+        if self._tracer is not None:
+            self._trace(TraceEvent(TraceKind.RECEIVE_DELIVERED, now, address, mid, None, num,
+                                   size))
 
     def _purge_completed(self, now: float) -> None:
         completed = self._completed

@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 from . import codec
 from .auth import Authenticator
+from .driver import SendHandle
 from .engine import EngineConfig
-from .sim import SimNetwork, TTNetworkInterfaceSim, TTNetworkMessageSim
+from .sim import SimHandOff, SimNetwork, TTNetworkInterfaceSim, TTNetworkMessageSim
 from .udp import TTNetworkInterfaceUDP, TTNetworkMessageUDP
 
 
@@ -27,7 +28,8 @@ class TTNetworkInterface(ABC):
     """What every interface offers (TTPython's abstract interface)."""
 
     @abstractmethod
-    def send(self, message: Any, after: Callable | None = None, ensure: bool = False) -> Any: ...
+    def send(self, message: Any, after: Callable[[], Any] | None = None,
+             ensure: bool = False) -> SendHandle: ...
 
     @abstractmethod
     def listen(self) -> None: ...
@@ -45,6 +47,7 @@ class TTNetworkMessage(ABC):
 
 TTNetworkInterface.register(TTNetworkInterfaceUDP)
 TTNetworkInterface.register(TTNetworkInterfaceSim)
+TTNetworkInterface.register(SimHandOff)
 TTNetworkMessage.register(TTNetworkMessageUDP)
 TTNetworkMessage.register(TTNetworkMessageSim)
 
@@ -152,9 +155,10 @@ class TTNetwork:
             return TTNetworkMessageUDP(ip, port, codec.dumps(obj))
         return TTNetworkMessageSim(address, obj)
 
-    def send_message(self, message: Any, ensure: bool = False, after: Callable | None = None,
+    def send_message(self, message: Any, ensure: bool = False,
+                     after: Callable[[], Any] | None = None,
                      on_failure: Callable[[Any, str], Any] | None = None,
-                     deadline_s: float | None = None) -> Any:
+                     deadline_s: float | None = None) -> SendHandle:
         return self.interface.send(message, after=after, ensure=ensure,
                                    on_failure=on_failure, deadline_s=deadline_s)
 

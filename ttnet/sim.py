@@ -1,14 +1,17 @@
 """TTNetworkInterfaceSim: the protocol engine driven over simpy-modelled links.
 
 Two modes:
-- No network model (TTPython's behaviour): the recipient is an ensemble
-  object and the message is handed to its ``receive_network_message`` at
-  the current simulated time.
+- No network model (TTPython's behaviour, :class:`SimHandOff`): the
+  recipient is an ensemble object and the message is handed to its
+  ``receive_network_message`` at the current simulated time.
+  ``TTNetworkInterfaceSim(sim)`` is this mode, as in TTPython.
 - With a :class:`SimNetwork`: every message travels packet by packet
   through the same :class:`ttnet.engine.Engine` the UDP interface uses, over
   directed links that drop, delay (+ jitter), and rate-limit datagrams, with
   a per-datagram host cost serialised on each host's CPU. A lost REQ or DATA
-  packet therefore costs what it costs on a real network.
+  packet therefore costs what it costs on a real network. Engine events
+  become callbacks through the same :class:`ttnet.driver.DriverShell` as
+  over UDP, run at once in the simulation's event loop.
 
 Model order per datagram, matching the emulator (NFQUEUE on the sender's
 OUTPUT hook, then the egress qdisc): host CPU -> loss -> delay (+ the
@@ -17,7 +20,8 @@ host's per-hop latency, a calibrated distribution) + jitter
 FIFO (Ethernet+IP+UDP overhead counted) -> receiver host CPU.
 
 Must never: read the wall clock or global random state (same seed, same
-result), or hold protocol logic (that belongs to the engine).
+result), hold protocol logic (that belongs to the engine), or import the
+socket driver :mod:`ttnet.udp`.
 """
 from __future__ import annotations
 
@@ -25,11 +29,11 @@ import logging
 import random
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable
+from typing import Any, Generator, Hashable
 
 from . import codec
-from .engine import Delivered, Engine, EngineConfig, SendCompleted, SendFailed
-from .udp import TTReceivedMessage
+from .driver import AfterFn, DriverShell, FailureFn, PendingSend, ReceiverFn, SendHandle
+from .engine import Engine, EngineConfig
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +173,8 @@ class SimNetwork:
                 # the queue serves packets in the order jitter left them
                 # (as the emulator's qdisc does), not in the order sent.
                 ev = self.sim.timeout(max(0.0, t - self.sim.now))
-                ev.callbacks.append(lambda _e, st=st, data=data, target=target, src=src:
-                                    self._serialise(st, data, target, src))
+                ev.callbacks.append(lambda _e, st=st, data=data, target=target, src=src,
+                                    rate=p.rate_bps: self._serialise(st, rate, data, target, src))
             else:
                 target._arrive(data, src, t)
 
@@ -182,81 +186,127 @@ class SimNetwork:
         i = int(u)
         return q[i] + (q[i + 1] - q[i]) * (u - i)
 
-    def _serialise(self, st: _LinkState, data: bytes, target: "TTNetworkInterfaceSim",
-                   src: Hashable) -> None:
+    def _serialise(self, st: _LinkState, rate_bps: float, data: bytes,
+                   target: "TTNetworkInterfaceSim", src: Hashable) -> None:
         start = max(self.sim.now, st.free_at)
-        st.free_at = start + (len(data) + WIRE_OVERHEAD_BYTES) * 8 / st.params.rate_bps
+        st.free_at = start + (len(data) + WIRE_OVERHEAD_BYTES) * 8 / rate_bps
         target._arrive(data, src, st.free_at)
 
 
-class TTNetworkInterfaceSim:
-    """Simulated interface. ``TTNetworkInterfaceSim(sim)`` is TTPython's
-    direct hand-off; pass ``network=`` and ``name=`` for modelled links."""
+class SimHandOff:
+    """TTPython's simulated interface: no network model, no engine.
 
-    def __init__(self, sim: Any, network: SimNetwork | None = None,
-                 name: Hashable | None = None,
-                 receiver_function: Callable[[Any], Any] | None = None,
-                 config: EngineConfig | None = None,
-                 failure_function: Callable[[Any, str], Any] | None = None) -> None:
+    ``send()`` hands the message's payload (the object itself, unpickled)
+    to the recipient ensemble's ``receive_network_message`` at the current
+    simulated time, in a simpy process of its own, then calls ``after()``.
+    Nothing is lost or delayed, so ``ensure``, ``on_failure`` and
+    ``deadline_s`` have nothing to act on.
+    """
+
+    def __init__(self, sim: Any) -> None:
         self.sim = sim
-        self.network = network
-        self.name = name
-        self.receiver_function = receiver_function
-        self.failure_function = failure_function
-        self.engine: Engine | None = None
-        self._pending: dict[int, tuple[Any, Any, Any]] = {}
-        self._cpu_free = 0.0
-        self._wake_at = float("inf")
-        if network is not None:
-            if name is None:
-                raise ValueError("a simulated interface on a SimNetwork needs a name")
-            seed = network.seed ^ zlib.crc32(str(name).encode())
-            self.engine = Engine(config, random.Random(seed))
-            network.attach(name, self)
 
-    # ------------------------------------------------------------ public API
-    def send(self, message: TTNetworkMessageSim, after: Callable[[], Any] | None = None,
-             ensure: bool = False, on_failure: Callable[[Any, str], Any] | None = None,
-             deadline_s: float | None = None) -> int | None:
-        if self.engine is None:
-            self.sim.process(self._hand_off(message, after))
-            return None
-        recipient = message.recipient
-        dst = getattr(recipient, "name", recipient)
-        payload = message.payload
-        if not isinstance(payload, (bytes, bytearray)):
-            payload = codec.dumps(payload)
-        h = self.engine.send_message(dst, payload, self.sim.now, ensure, deadline_s)
-        self._pending[h] = (message, after, on_failure)
-        self._pump()
-        return h
+    def send(self, message: TTNetworkMessageSim, after: AfterFn | None = None,
+             ensure: bool = False, on_failure: FailureFn | None = None,
+             deadline_s: float | None = None) -> SendHandle:
+        handle = SendHandle(message)
+        self.sim.process(self._hand_off(message, handle, after))
+        return handle
 
     def listen(self) -> None:
         return None
 
     def cleanup(self) -> None:
-        if self.engine is not None:
-            self.engine.cancel_all("interface closed")
-            self._dispatch()
+        return None
 
     @property
     def counters(self) -> dict[str, int]:
-        return dict(self.engine.counters) if self.engine else {}
+        return {}
 
-    # -------------------------------------------------------------- internals
-    def _hand_off(self, message: TTNetworkMessageSim, after: Callable | None):
+    def _hand_off(self, message: TTNetworkMessageSim, handle: SendHandle,
+                  after: AfterFn | None) -> Generator[Any, Any, None]:
         yield self.sim.timeout(0)
         message.recipient.receive_network_message(message.payload)
+        handle._set(True)
         if after is not None:
             after()
 
+
+class TTNetworkInterfaceSim(DriverShell):
+    """Simulated interface. ``TTNetworkInterfaceSim(sim)`` is TTPython's
+    direct hand-off (it delegates to :attr:`hand_off`, a
+    :class:`SimHandOff`); pass ``network=`` and ``name=`` for modelled
+    links. Callbacks run in the simulation's event loop, at the simulated
+    time their event happens; an exception from one propagates into
+    ``env.run()``."""
+
+    #: The links this host is attached to (set only with a network model).
+    _net: SimNetwork
+
+    def __init__(self, sim: Any, network: SimNetwork | None = None,
+                 name: Hashable | None = None,
+                 receiver_function: ReceiverFn | None = None,
+                 config: EngineConfig | None = None,
+                 failure_function: FailureFn | None = None) -> None:
+        #: TTPython's mode (no network model): every send is handed off.
+        self.hand_off: SimHandOff | None = None
+        if network is None:
+            self.hand_off = SimHandOff(sim)
+            engine = Engine(config, random.Random(0))   # idle: hand-offs skip it
+        else:
+            if name is None:
+                raise ValueError("a simulated interface on a SimNetwork needs a name")
+            seed = network.seed ^ zlib.crc32(str(name).encode())
+            engine = Engine(config, random.Random(seed))
+        super().__init__(engine, receiver_function, failure_function)
+        self.sim = sim
+        self.network = network
+        self.name = name
+        self._cpu_free = 0.0
+        self._wake_at = float("inf")
+        if network is not None:
+            self._net = network
+            network.attach(name, self)
+
+    # ------------------------------------------------------------ public API
+    def send(self, message: TTNetworkMessageSim, after: AfterFn | None = None,
+             ensure: bool = False, on_failure: FailureFn | None = None,
+             deadline_s: float | None = None) -> SendHandle:
+        """Start sending ``message``; returns its :class:`SendHandle`.
+        Raises MessageTooLarge above the engine's ``max_message_size``."""
+        if self.hand_off is not None:
+            return self.hand_off.send(message, after, ensure, on_failure, deadline_s)
+        recipient = message.recipient
+        dst = getattr(recipient, "name", recipient)
+        payload = message.payload
+        if not isinstance(payload, (bytes, bytearray)):
+            payload = codec.dumps(payload)
+        handle = SendHandle(message)
+        self._start_send(dst, payload, self.sim.now, ensure, deadline_s,
+                         PendingSend(handle, after, on_failure))
+        self._pump()
+        return handle
+
+    def listen(self) -> None:
+        return None
+
+    def cleanup(self) -> None:
+        if self.hand_off is None:
+            self.engine.cancel_all("interface closed", self.sim.now)
+            self._dispatch_events()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return dict(self.engine.counters)
+
+    # -------------------------------------------------------------- internals
     def _arrive(self, data: bytes, src: Hashable, at: float) -> None:
         """Schedule a datagram's arrival; the host CPU serialises handling."""
         ev = self.sim.timeout(max(0.0, at - self.sim.now))
         ev.callbacks.append(lambda _e: self._on_datagram(data, src))
 
     def _on_datagram(self, data: bytes, src: Hashable) -> None:
-        cost = self.network.host_cost_s
+        cost = self._net.host_cost_s
         if cost:
             now = self.sim.now
             done = max(now, self._cpu_free) + cost
@@ -272,7 +322,7 @@ class TTNetworkInterfaceSim:
         self._pump()
 
     def _pump(self) -> None:
-        engine, sim, net = self.engine, self.sim, self.network
+        engine, sim, net = self.engine, self.sim, self._net
         now = sim.now
         engine.handle_timers(now)
         cost = net.host_cost_s
@@ -282,7 +332,7 @@ class TTNetworkInterfaceSim:
                 net.transmit(self.name, dst, data, self._cpu_free)
             else:
                 net.transmit(self.name, dst, data, now)
-        self._dispatch()
+        self._dispatch_events()
         nt = engine.next_timer()
         if nt is not None and nt < self._wake_at:
             self._wake_at = nt
@@ -293,21 +343,3 @@ class TTNetworkInterfaceSim:
         if when == self._wake_at:
             self._wake_at = float("inf")
         self._pump()
-
-    def _dispatch(self) -> None:
-        for ev in self.engine.pop_events():
-            if isinstance(ev, Delivered):
-                self._deliver(ev)
-            elif isinstance(ev, SendCompleted):
-                _, after, _ = self._pending.pop(ev.handle)
-                if after is not None:
-                    after()
-            elif isinstance(ev, SendFailed):
-                message, _, on_failure = self._pending.pop(ev.handle)
-                fn = on_failure or self.failure_function
-                if fn is not None:
-                    fn(message, ev.reason)
-
-    def _deliver(self, ev: Delivered) -> None:
-        if self.receiver_function is not None:
-            self.receiver_function(TTReceivedMessage(ev.payload, ev.address))

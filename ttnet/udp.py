@@ -5,19 +5,17 @@ peers' replies come back to it), one I/O thread (a selector over the socket
 and a wake-up pipe, plus the engine's timer), and one dispatcher thread that
 runs user callbacks so a slow receiver function never stalls the network.
 
-Must never: run protocol logic (that is :mod:`ttnet.engine`), start a thread
-per message, let an exception from the network or a callback escape a
-thread, or block a caller of :meth:`send` (it returns at once).
+Must never: run protocol logic (that is :mod:`ttnet.engine`), touch the
+engine from any thread but the I/O thread (callers' requests travel as
+commands through a queue), start a thread per message, let an exception
+from the network or a callback escape a thread, or block a caller of
+:meth:`send` (it returns at once).
 
-Callbacks (documented contract):
-- ``receiver_function(msg)``: one :class:`TTReceivedMessage` per delivered
-  message, exactly once, in the dispatcher thread.
-- ``send(message, after=f)``: ``f()`` is called with no arguments when every
-  packet of the message was acknowledged (TTPython's contract).
-- ``send(message, on_failure=g)`` (or the interface-wide
-  ``failure_function``): ``g(message, reason)`` when the send is given up:
-  its deadline passed or the interface closed. ``send`` also returns a
-  :class:`SendHandle` whose ``wait()`` gives the outcome.
+Callbacks: the contract of :mod:`ttnet.driver` (``receiver_function``,
+``after``, ``on_failure`` / ``failure_function``), all run in the
+dispatcher thread -- except ``receiver_function`` with
+``inline_callbacks=True``, which runs in the I/O thread. ``send`` returns a
+:class:`SendHandle` whose ``wait()`` gives the outcome.
 """
 from __future__ import annotations
 
@@ -30,15 +28,24 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 from . import codec
-from .engine import Delivered, Engine, EngineConfig, SendCompleted, SendFailed
-from .wire import (MAX_DATA, MAX_DATAGRAM, TTAckPacket, TTDataPacket,
-                   TTRequestPacket, WINDOW_SIZE, packet_count)
+from .auth import Authenticator
+from .driver import (AfterFn, DriverShell, FailureFn, PendingSend, ReceiverFn, SendHandle,
+                     TTReceivedMessage)
+from .engine import Engine, EngineConfig
+from .events import Delivered
+from .wire import (MAX_DATA, MAX_DATAGRAM, TTDataPacket, TTRequestPacket, WINDOW_SIZE,
+                   packet_count)
 from .window import TTSlidingWindow
 
 log = logging.getLogger(__name__)
+
+# SendHandle and TTReceivedMessage live in ttnet.driver (both interfaces
+# return them); importing them from here keeps working.
+__all__ = ["SOCKET_BUFFER_BYTES", "SendHandle", "TTNetworkInterfaceUDP",
+           "TTNetworkMessageUDP", "TTReceivedMessage", "message"]
 
 #: Socket buffers asked for. A full window is 1000 x 1217 B = 1.2 MB; the
 #: kernel caps the request at net.core.{r,w}mem_max, which is why the engine
@@ -55,17 +62,6 @@ def _check_endpoint(ip_addr: str, port: int) -> None:
         raise ValueError(f"ip_addr {ip_addr!r} is not an IPv4 address (e.g. '127.0.0.1')") from exc
     if not isinstance(port, int) or not 1024 <= port <= 65535:
         raise ValueError(f"port {port!r} is outside 1024..65535; pick an unprivileged UDP port")
-
-
-class TTReceivedMessage(NamedTuple):
-    """What the receiver function gets: the payload and who sent it."""
-
-    payload: bytes
-    address: tuple[str, int]
-
-    def decode(self, decoder: codec.SafeDecoder | None = None) -> Any:
-        """Unpickle the payload through the restricted decoder."""
-        return (decoder or codec.default_decoder).loads(self.payload)
 
 
 class TTNetworkMessageUDP:
@@ -102,53 +98,33 @@ def message(obj: Any, recipient_ip: str, recipient_port: int) -> TTNetworkMessag
     return TTNetworkMessageUDP(recipient_ip, recipient_port, codec.dumps(obj))
 
 
-class SendHandle:
-    """Outcome of one send: ``wait()`` blocks until it completes or fails."""
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-        self.ok: bool | None = None
-        self.reason: str | None = None
-        self._event = threading.Event()
-
-    def _set(self, ok: bool, reason: str | None = None) -> None:
-        self.ok, self.reason = ok, reason
-        self._event.set()
-
-    @property
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """True if delivered (all packets acknowledged); False if failed or
-        still pending when ``timeout`` passed (check ``done``)."""
-        self._event.wait(timeout)
-        return bool(self.ok)
+#: A function and its arguments: the I/O thread's commands and the
+#: dispatcher thread's callbacks are both queued as these.
+_Call = tuple[Callable[..., None], tuple[Any, ...]]
 
 
-class TTNetworkInterfaceUDP:
+class TTNetworkInterfaceUDP(DriverShell):
     """TTPython's UDP interface, rebuilt on :class:`ttnet.engine.Engine`."""
 
     def __init__(self, ensembles: Any = None, ip_addr: str = "127.0.0.1",
                  port: int = 8225, timeout_ms: int = 100,
-                 receiver_function: Callable[[TTReceivedMessage], Any] | None = None,
-                 failure_function: Callable[[Any, str], Any] | None = None,
+                 receiver_function: ReceiverFn | None = None,
+                 failure_function: FailureFn | None = None,
                  config: EngineConfig | None = None,
-                 authenticator: Any = None, inline_callbacks: bool = False) -> None:
+                 authenticator: Authenticator | None = None,
+                 inline_callbacks: bool = False) -> None:
         _check_endpoint(ip_addr, port)
         if config is None:
             config = EngineConfig(initial_rto_s=timeout_ms / 1000.0)
+        super().__init__(Engine(config), receiver_function, failure_function)
         self.ensembles = ensembles
         self.ip_addr, self.port = ip_addr, port
         self.timeout_ms = timeout_ms
-        self.receiver_function = receiver_function
-        self.failure_function = failure_function
         self.authenticator = authenticator
         #: Run receiver_function on the I/O thread: saves a thread hand-off
         #: per message (measured -17..-30% latency) but a slow receiver
         #: function then stalls this interface's network I/O. Opt-in.
         self.inline_callbacks = inline_callbacks
-        self.engine = Engine(config)
         self.callback_errors = 0
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -162,9 +138,10 @@ class TTNetworkInterfaceUDP:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._callbacks: queue.SimpleQueue = queue.SimpleQueue()
-        self._pending: dict[int, tuple[SendHandle, Any, Any]] = {}
+        #: Requests from callers' threads, run by the I/O thread in order.
+        self._commands: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        #: User callbacks for the dispatcher thread; None stops it.
+        self._callbacks: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._closed = False
         self._io = threading.Thread(target=self._io_loop, name=f"ttnet-io-{port}", daemon=True)
@@ -174,8 +151,8 @@ class TTNetworkInterfaceUDP:
         self._dispatch.start()
 
     # ------------------------------------------------------------- public API
-    def send(self, message: TTNetworkMessageUDP, after: Callable[[], Any] | None = None,
-             ensure: bool = False, on_failure: Callable[[Any, str], Any] | None = None,
+    def send(self, message: TTNetworkMessageUDP, after: AfterFn | None = None,
+             ensure: bool = False, on_failure: FailureFn | None = None,
              deadline_s: float | None = None) -> SendHandle:
         """Queue ``message``; returns at once with a :class:`SendHandle`."""
         if self._closed:
@@ -188,8 +165,8 @@ class TTNetworkInterfaceUDP:
             raise ValueError(f"message of {len(payload)} bytes exceeds max_message_size="
                              f"{cfg.max_message_size}")
         handle = SendHandle(message)
-        self._commands.put((message.get_address(), payload, ensure, deadline_s,
-                            handle, after, on_failure))
+        self._commands.put((self._io_send, (message.get_address(), payload, ensure, deadline_s,
+                                            PendingSend(handle, after, on_failure))))
         self._wake()
         return handle
 
@@ -241,34 +218,37 @@ class TTNetworkInterfaceUDP:
         return TTSlidingWindow(WINDOW_SIZE, self.timeout_ms, completion_fn,
                                message.generate_packets(WINDOW_SIZE))
 
-    def get_sending_window(self, message_id: int, address: tuple[str, int]) -> Any:
-        peer = self.engine._peers.get(address)
-        out = peer.outgoing.get(message_id) if peer else None
-        return out.window if out else None
+    def get_sending_window(self, message_id: int,
+                           address: tuple[str, int]) -> TTSlidingWindow | None:
+        return self.engine.sending_window(address, message_id)
 
     def create_receiving_window(self, num_packets: int,
                                 completion_fn: Callable | None = None) -> TTSlidingWindow:
         return TTSlidingWindow(WINDOW_SIZE, self.timeout_ms, completion_fn, num_packets)
 
-    def get_receiving_window(self, message_id: int, address: tuple[str, int]) -> Any:
-        peer = self.engine._peers.get(address)
-        inc = peer.incoming.get(message_id) if peer else None
-        return inc.window if inc else None
+    def get_receiving_window(self, message_id: int,
+                             address: tuple[str, int]) -> TTSlidingWindow | None:
+        return self.engine.receiving_window(address, message_id)
 
-    def ensure_handshake(self, message: TTNetworkMessageUDP, after: Callable | None = None) -> SendHandle:
+    def ensure_handshake(self, message: TTNetworkMessageUDP,
+                         after: AfterFn | None = None) -> SendHandle:
         """Send with the handshake guaranteed (REQ re-sent until ACK_START)."""
         return self.send(message, after=after, ensure=True)
 
-    def handshake(self, message: TTNetworkMessageUDP, after: Callable | None = None) -> SendHandle:
+    def handshake(self, message: TTNetworkMessageUDP, after: AfterFn | None = None) -> SendHandle:
         """Send with a single REQ (best effort handshake)."""
         return self.send(message, after=after, ensure=False)
 
     def terminate_handshake(self, message_id: int, address: tuple[str, int]) -> None:
-        """Answer a REQ with ACK_START (what the engine does on every REQ)."""
-        TTAckPacket(message_id, 0).send(self._sock, address)
+        """Answer a REQ with ACK_START (what the engine does on every REQ).
+        Returns at once; the I/O thread sends it."""
+        if self._closed:
+            return
+        self._commands.put((self._io_ack_start, (address, message_id)))
+        self._wake()
 
     @staticmethod
-    def wrap_completion(fn: Callable[[], Any] | None, *args: Any) -> Callable[..., None]:
+    def wrap_completion(fn: Callable[..., Any] | None, *args: Any) -> Callable[..., None]:
         """A completion callback that never raises into the caller."""
         def wrapped(*_: Any) -> None:
             if fn is None:
@@ -309,7 +289,7 @@ class TTNetworkInterfaceUDP:
                 self._drain_commands()
                 self._receive()
                 engine.handle_timers(time.monotonic())
-                self._emit_events()
+                self._dispatch_events()
                 backlog = self._transmit(backlog)
                 want_write = bool(backlog)
                 if want_write != writing:
@@ -320,24 +300,30 @@ class TTNetworkInterfaceUDP:
         finally:
             sel.close()
             try:
-                engine.cancel_all("interface closed")
-                self._emit_events()
+                engine.cancel_all("interface closed", time.monotonic())
+                self._dispatch_events()
             except Exception:
                 log.exception("failing pending sends on close")
 
     def _drain_commands(self) -> None:
-        engine = self.engine
+        commands = self._commands
         while True:
             try:
-                addr, payload, ensure, deadline_s, handle, after, on_failure = self._commands.get_nowait()
+                fn, args = commands.get_nowait()
             except queue.Empty:
                 return
-            try:
-                h = engine.send_message(addr, payload, time.monotonic(), ensure, deadline_s)
-            except ValueError as exc:
-                self._callbacks.put(("fail", handle, on_failure, str(exc)))
-                continue
-            self._pending[h] = (handle, after, on_failure)
+            fn(*args)
+
+    # commands: run in the I/O thread only
+    def _io_send(self, address: tuple[str, int], payload: bytes, ensure: bool,
+                 deadline_s: float | None, pending: PendingSend) -> None:
+        try:
+            self._start_send(address, payload, time.monotonic(), ensure, deadline_s, pending)
+        except ValueError as exc:
+            self._callbacks.put((self._run_failed, (pending, str(exc))))
+
+    def _io_ack_start(self, address: tuple[str, int], message_id: int) -> None:
+        self.engine.send_ack_start(address, message_id, time.monotonic())
 
     def _receive(self) -> None:
         # At most one batch before the caller sends: the ACKs for these
@@ -379,25 +365,32 @@ class TTNetworkInterfaceUDP:
             backlog = []
             # Let incoming ACKs in between bursts: they open the window.
             self._receive()
-            self._emit_events()
+            self._dispatch_events()
         return backlog
 
-    def _emit_events(self) -> None:
-        for ev in self.engine.pop_events():
-            if isinstance(ev, Delivered):
-                if self.inline_callbacks:
-                    self._run_callback(("recv", ev))
-                else:
-                    self._callbacks.put(("recv", ev))
-            elif isinstance(ev, SendCompleted):
-                handle, after, _ = self._pending.pop(ev.handle)
-                if after is None:
-                    handle._set(True)        # no user code: no thread hop
-                else:
-                    self._callbacks.put(("done", handle, after))
-            elif isinstance(ev, SendFailed):
-                handle, _, on_failure = self._pending.pop(ev.handle)
-                self._callbacks.put(("fail", handle, on_failure, ev.reason))
+    # ---------------------------------------------- DriverShell's hooks
+    # Called in the I/O thread: user code goes to the dispatcher thread.
+    def _on_delivered(self, ev: Delivered) -> None:
+        if self.inline_callbacks:
+            self._run_callback((self._run_delivered, (ev,)))
+        else:
+            self._callbacks.put((self._run_delivered, (ev,)))
+
+    def _on_completed(self, p: PendingSend) -> None:
+        if p.after is None:
+            p.handle._set(True)        # no user code: no thread hop
+        else:
+            self._callbacks.put((self._run_completed, (p,)))
+
+    def _on_failed(self, p: PendingSend, reason: str) -> None:
+        self._callbacks.put((self._run_failed, (p, reason)))
+
+    def _payload_of(self, ev: Delivered) -> bytes | None:
+        # Joining a large payload and checking its MAC happen here, in the
+        # dispatcher thread (unless inline_callbacks), so ACKs keep flowing.
+        if self.authenticator is not None:
+            return self.authenticator.open_parts(ev.parts(), ev.address)
+        return ev.payload
 
     def _dispatch_loop(self) -> None:
         while True:
@@ -406,34 +399,11 @@ class TTNetworkInterfaceUDP:
                 return
             self._run_callback(item)
 
-    def _deliver(self, ev: Delivered) -> None:
-        # Joining a large payload and checking its MAC happen here, off the
-        # I/O thread (unless inline_callbacks), so ACKs keep flowing.
-        if self.authenticator is not None:
-            payload = self.authenticator.open_parts(ev.parts(), ev.address)
-            if payload is None:
-                return
-        else:
-            payload = ev.payload
-        if self.receiver_function is not None:
-            self.receiver_function(TTReceivedMessage(payload, ev.address))
-
-    def _run_callback(self, item: tuple) -> None:
+    def _run_callback(self, item: _Call) -> None:
         """Run one callback item; user code may raise, the thread survives."""
+        fn, args = item
         try:
-            kind = item[0]
-            if kind == "recv":
-                self._deliver(item[1])
-            elif kind == "done":
-                item[1]._set(True)
-                if item[2] is not None:
-                    item[2]()
-            else:
-                _, handle, on_failure, reason = item
-                handle._set(False, reason)
-                fn = on_failure or self.failure_function
-                if fn is not None:
-                    fn(handle.message, reason)
+            fn(*args)
         except Exception:
             self.callback_errors += 1
             log.exception("ttnet callback raised; continuing")

@@ -3,8 +3,9 @@
 Owns the mapping between packet indices (0..total-1) and the wire's sequence
 numbers (index mod 2W+1), which indices are currently inside the window, and
 sliding the window's base over a prefix of finished packets. It keeps no
-timers, reads no clock and touches no socket: the protocol engine
-(:mod:`ttnet.engine`) decides when to send and retransmit.
+timers, reads no clock (callers pass the time to :meth:`TTSlidingWindow.start`)
+and touches no socket: the protocol engine (:mod:`ttnet.engine`) decides
+when to send and retransmit.
 
 Why 2W+1: an index is resolved relative to the base over the range
 ``[base - W, base + W)``, i.e. 2W distinct values, which stays unambiguous
@@ -15,7 +16,6 @@ acknowledgement may have been lost.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable, Sequence
 
 from .wire import WindowException
@@ -91,8 +91,10 @@ class TTSlidingWindow:
         return self._completed
 
     # --- state changes --------------------------------------------------------
-    def start(self, now: float | None = None) -> None:
-        self.started_at = time.monotonic() if now is None else now
+    def start(self, now: float) -> None:
+        """Record when the window started, on the caller's clock (real or
+        simulated seconds)."""
+        self.started_at = now
 
     def _mark(self, index: int) -> bool:
         if self.done[index]:

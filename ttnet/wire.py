@@ -5,6 +5,11 @@ functions and small value classes. It never keeps state between datagrams,
 never reads a clock, and only touches a socket in the TTPython-compatible
 ``TTPacket.send`` helper.
 
+There is one parser, :func:`parse_datagram`: the engine, the
+TTPython-compatible :func:`convert_to_packet` and the benchmarks' protocol
+floor all read datagrams through it, so no other module needs the offsets
+below or the CRC's lookup table.
+
 Layouts (integers little-endian, CRC trailer big-endian)::
 
     REQ  type(1)=0 message_id(8) message_type(2)=0 num_packets(4) crc(4)   19 B
@@ -17,7 +22,7 @@ import binascii
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 #: Largest DATA payload. A TTPython receiver reads at most 1217-byte
 #: datagrams, so this is fixed by interop, not a tuning knob.
@@ -27,10 +32,19 @@ MAX_DATAGRAM = MAX_DATA + 17
 WINDOW_SIZE = 1000
 SEQ_MODULUS = 2 * WINDOW_SIZE + 1
 
-_HDR = struct.Struct("<BQ")          # type, message_id
 _REQ = struct.Struct("<BQHI")        # type, message_id, message_type, num_packets
 _SEQ = struct.Struct("<BQI")         # type, message_id, sequence_num (DATA/ACK)
 _CRC = struct.Struct(">I")
+
+#: Bytes before a DATA packet's data (type, message_id, sequence_num).
+DATA_HEADER = _SEQ.size
+#: The CRC trailer of every packet.
+CRC_SIZE = _CRC.size
+#: Datagram sizes of the two fixed-size packets.
+REQ_SIZE = _REQ.size + CRC_SIZE
+ACK_SIZE = _SEQ.size + CRC_SIZE
+#: The shortest datagram that can be a packet (an ACK, or an empty DATA).
+MIN_DATAGRAM = ACK_SIZE
 
 
 class MalformedPacket(ValueError):
@@ -90,7 +104,7 @@ class TTPacket:
 
     message_id: int
 
-    packet_type = None  # set by subclasses
+    packet_type: ClassVar[TTPacketType | None] = None  # set by subclasses
 
     def to_bytes(self) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -104,7 +118,7 @@ class TTPacket:
 class TTRequestPacket(TTPacket):
     num_packets: int
     message_type: int = 0
-    packet_type = TTPacketType.REQ
+    packet_type: ClassVar[TTPacketType | None] = TTPacketType.REQ
 
     def to_bytes(self) -> bytes:
         return encode_req(self.message_id, self.num_packets, self.message_type)
@@ -114,7 +128,7 @@ class TTRequestPacket(TTPacket):
 class TTDataPacket(TTPacket):
     sequence_num: int
     data: bytes
-    packet_type = TTPacketType.DATA
+    packet_type: ClassVar[TTPacketType | None] = TTPacketType.DATA
 
     def to_bytes(self) -> bytes:
         return encode_data(self.message_id, self.sequence_num, self.data)
@@ -123,7 +137,7 @@ class TTDataPacket(TTPacket):
 @dataclass(frozen=True, slots=True)
 class TTAckPacket(TTPacket):
     sequence_num: int
-    packet_type = TTPacketType.ACK
+    packet_type: ClassVar[TTPacketType | None] = TTPacketType.ACK
 
     def to_bytes(self) -> bytes:
         return encode_ack(self.message_id, self.sequence_num)
@@ -156,38 +170,71 @@ def convert_to_payload(packet: TTPacket) -> bytes:
     return packet.to_bytes()
 
 
+#: What :func:`parse_datagram` returns: ``(kind, message_id, number, data,
+#: message_type)``. ``kind`` is the type byte (a :class:`TTPacketType`
+#: value); ``number`` is the sequence number of a DATA or ACK packet and the
+#: packet count of a REQ; ``data`` is a DATA packet's data (empty for the
+#: others); ``message_type`` is a REQ's (0 on the wire; 0 for the others).
+#: A plain tuple, not a class: the receive path makes one per datagram.
+ParsedDatagram = tuple[int, int, int, bytes, int]
+
+REQ_KIND, DATA_KIND, ACK_KIND = int(TTPacketType.REQ), int(TTPacketType.DATA), int(TTPacketType.ACK)
+_EMPTY = b""
+
+
+def parse_datagram(datagram: bytes) -> ParsedDatagram | None:
+    """Parse one datagram: the single reader of the format's bytes.
+
+    Returns None when the CRC does not check (the format says: drop
+    silently). Raises :class:`MalformedPacket` for anything that cannot be
+    a packet at all: too short, unknown type, wrong length for its type.
+    ``datagram`` must be ``bytes`` (or ``bytearray``); this runs once per
+    datagram on every receive path, so it does the least work it can.
+    """
+    n = len(datagram)
+    if n < MIN_DATAGRAM:
+        raise MalformedPacket(f"datagram of {n} bytes is shorter than any packet ({MIN_DATAGRAM})")
+    kind = datagram[0]
+    if kind == DATA_KIND:
+        if n > MAX_DATAGRAM:
+            raise MalformedPacket(f"DATA must be {MIN_DATAGRAM}..{MAX_DATAGRAM} bytes, got {n}")
+    elif kind == ACK_KIND:
+        if n != ACK_SIZE:
+            raise MalformedPacket(f"ACK must be {ACK_SIZE} bytes, got {n}")
+    elif kind == REQ_KIND:
+        if n != REQ_SIZE:
+            raise MalformedPacket(f"REQ must be {REQ_SIZE} bytes, got {n}")
+    else:
+        raise MalformedPacket(f"unknown packet type {kind}")
+    # crc_ok inlined: the reflected CRC of the bit-reversed bytes is all
+    # ones exactly when the format's CRC over the whole datagram is 0.
+    if binascii.crc32(datagram.translate(_REV8), 0xFFFFFFFF) != 0xFFFFFFFF:
+        return None
+    if kind == REQ_KIND:
+        _, mid, mtype, num = _REQ.unpack_from(datagram)
+        return kind, mid, num, _EMPTY, mtype
+    _, mid, seq = _SEQ.unpack_from(datagram)
+    if kind == DATA_KIND:
+        return kind, mid, seq, datagram[DATA_HEADER:-CRC_SIZE], 0
+    return kind, mid, seq, _EMPTY, 0
+
+
 def convert_to_packet(payload: bytes) -> TTPacket | None:
-    """Decode one datagram.
+    """Decode one datagram into a packet object (TTPython's function).
 
     Returns None when the CRC does not check (the format says: drop
     silently). Raises :class:`MalformedPacket` for anything that cannot be a
     packet at all: too short, unknown type, wrong length for its type.
     """
-    payload = bytes(payload)
-    n = len(payload)
-    if n < _HDR.size + 4:
-        raise MalformedPacket(f"datagram of {n} bytes is shorter than any packet (13)")
-    kind = payload[0]
-    if kind == TTPacketType.REQ:
-        if n != _REQ.size + 4:
-            raise MalformedPacket(f"REQ must be {_REQ.size + 4} bytes, got {n}")
-    elif kind == TTPacketType.ACK:
-        if n != _SEQ.size + 4:
-            raise MalformedPacket(f"ACK must be {_SEQ.size + 4} bytes, got {n}")
-    elif kind == TTPacketType.DATA:
-        if not _SEQ.size + 4 <= n <= MAX_DATAGRAM:
-            raise MalformedPacket(f"DATA must be 17..{MAX_DATAGRAM} bytes, got {n}")
-    else:
-        raise MalformedPacket(f"unknown packet type {kind}")
-    if crc32(payload) != 0:
+    dg = parse_datagram(bytes(payload))
+    if dg is None:
         return None
-    if kind == TTPacketType.REQ:
-        _, mid, mtype, num = _REQ.unpack_from(payload)
-        return TTRequestPacket(mid, num, mtype)
-    _, mid, seq = _SEQ.unpack_from(payload)
-    if kind == TTPacketType.ACK:
-        return TTAckPacket(mid, seq)
-    return TTDataPacket(mid, seq, payload[_SEQ.size:-4])
+    kind, mid, number, data, mtype = dg
+    if kind == REQ_KIND:
+        return TTRequestPacket(mid, number, mtype)
+    if kind == ACK_KIND:
+        return TTAckPacket(mid, number)
+    return TTDataPacket(mid, number, data)
 
 
 def packet_count(payload_len: int) -> int:

@@ -33,7 +33,7 @@ import statistics
 import time
 from pathlib import Path
 
-from testbed.simulate.host import CALIBRATION_NAME, DEFAULT_HOST_COST_S, HostModel, load_calibration
+from testbed.simulate.host import CALIBRATION_NAME, HostModel
 from testbed.simulate.simulator import simulate_host
 from testbed.spec.model import Flow, LinkSpec, Topology
 from testbed.spec.quantiles import percentile
@@ -162,11 +162,3 @@ def calibrate(backend: str | None = None, results_root: Path = Path("results"),
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=1))
     return info
-
-
-def load_host_cost(results_root: Path = Path("results")) -> dict:
-    """The stored calibration, or the default host model's numbers."""
-    info = load_calibration(results_root)
-    if info is not None:
-        return info
-    return {"host_cost_s": DEFAULT_HOST_COST_S, "hop_latency_s": 0.0, "source": "default"}

@@ -5,7 +5,7 @@ Run for a while by hand::
     .venv/bin/python tests/fuzz/fuzz_wire.py -runs=1000000 [corpus_dir]
 
 Every input is split into datagrams (first byte: count) and fed to
-``convert_to_packet`` and to an engine that has a send and a receive under
+``parse_datagram``, ``convert_to_packet`` and to an engine that has a send and a receive under
 way. Only :class:`MalformedPacket` may escape the decoder; nothing may
 escape the engine. Anything else is a crash libFuzzer reports with the
 input that caused it.
@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 with atheris.instrument_imports():
     from ttnet.engine import Engine
-    from ttnet.wire import MalformedPacket, convert_to_packet, encode_data, encode_req
+    from ttnet.wire import (MalformedPacket, convert_to_packet, encode_data, encode_req,
+                            parse_datagram)
 
 PEER = ("10.0.0.9", 9000)
 
@@ -33,10 +34,11 @@ def one_input(data: bytes) -> None:
     now = 0.0
     for _ in range(fdp.ConsumeIntInRange(1, 8)):
         dg = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 1300))
-        try:
-            convert_to_packet(dg)
-        except MalformedPacket:
-            pass
+        for decode in (parse_datagram, convert_to_packet):
+            try:
+                decode(dg)
+            except MalformedPacket:
+                pass
         now += 0.01
         engine.datagram_received(dg, PEER, now)
         engine.handle_timers(now)

@@ -163,7 +163,8 @@ def test_live_interface_counts_fuzzed_datagrams_and_keeps_delivering(udp_port):
         for i in range(0, len(blast), 200):
             for dg in blast[i:i + 200]:
                 raw.sendto(dg, b.address)
-            assert wait_until(lambda: b.counters.get("packets_received", 0) >= i + len(blast[i:i + 200]))
+            upto = i + len(blast[i:i + 200])
+            assert wait_until(lambda upto=upto: b.counters.get("packets_received", 0) >= upto)
         c = b.counters
         print(f"\nfuzz blast: {len(blast)} datagrams, malformed={c['dropped_malformed']} "
               f"crc={c.get('dropped_crc', 0)} other={len(blast) - want_malformed - want_crc}")
@@ -221,14 +222,14 @@ def test_req_flood_from_one_address_stays_in_budget_and_others_get_through(udp_p
             sock.sendto(encode_req(mid + 1, num), b.address)
             sent += 1
             if sent % 200 == 0:
-                wait_until(lambda: b.counters.get("req_received", 0) >= sent, 5)
+                wait_until(lambda sent=sent: b.counters.get("req_received", 0) >= sent, 5)
                 sample()
         # fill the accepted huge message (id 1): real bytes held in memory
         chunk = os.urandom(MAX_DATA)
         for i in range(huge_packets - 1):
             raw.sendto(encode_data(1, i % SEQ_MODULUS, chunk), b.address)
             if i % 200 == 199:
-                wait_until(lambda: b.counters.get("data_received", 0) >= i + 1, 5)
+                wait_until(lambda i=i: b.counters.get("data_received", 0) >= i + 1, 5)
                 sample()
         wait_until(lambda: b.counters.get("data_received", 0) >= huge_packets - 1, 5)
         sample()
@@ -246,7 +247,7 @@ def test_req_flood_from_one_address_stays_in_budget_and_others_get_through(udp_p
         assert sorted(m.payload for m in inbox.wait_for(3)) == sorted(payloads)
         assert peak_reserved <= 2 * cfg.peer_receive_budget
         assert peak_pending <= 2 * cfg.max_incoming_per_peer
-        per_peer = {addr: p.reserved for addr, p in b.engine._peers.items()}
+        per_peer = b.engine.reserved_bytes_by_peer()
         assert max(per_peer.values()) <= cfg.peer_receive_budget
         assert c.get("req_refused_budget", 0) > 0 and c.get("req_refused_peer_limit", 0) > 0, c
         # held: ~4.2 MB of packets; the rest is per-message bookkeeping

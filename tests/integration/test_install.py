@@ -3,6 +3,7 @@ console script runs, and the shipped topologies are found from any directory."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_wheel_install_has_console_script_and_topologies(tmp_path):
+    # Build from a copy: setuptools writes build/ and *.egg-info into the source.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "results", "build", "*.egg-info", "__pycache__", ".*_cache", "tests"))
     target = tmp_path / "site"
     build = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(src)],
         capture_output=True, text=True, timeout=240)
     assert build.returncode == 0, build.stdout + build.stderr
     assert (target / "testbed" / "topologies" / "pair.yaml").is_file()

@@ -141,3 +141,39 @@ def test_ttpython_style_helpers(pair):
     a.wrap_completion(lambda x: called.append(x), 5)()
     a.wrap_completion(lambda: 1 / 0)()                  # swallowed and logged
     assert called == [5]
+
+
+@pytest.fixture
+def peer(udp_port):
+    """A bare UDP socket on loopback, to see exactly what an interface sends."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", udp_port()))
+        sock.settimeout(5)
+        yield sock
+
+
+def test_terminate_handshake_sends_ack_start_from_the_io_thread(peer, udp_port):
+    from ttnet.wire import encode_ack
+    iface = TTNetworkInterfaceUDP(port=udp_port())
+    try:
+        assert iface.terminate_handshake(0xABC, peer.getsockname()) is None
+        data, src = peer.recvfrom(2048)
+        assert data == encode_ack(0xABC, 0) and src == iface.address
+        assert iface.counters["acks_sent"] == 1
+    finally:
+        iface.cleanup()
+    iface.terminate_handshake(0xABC, peer.getsockname())          # closed: a no-op
+
+
+def test_windows_are_visible_while_a_send_is_under_way(peer, udp_port):
+    a = TTNetworkInterfaceUDP(port=udp_port())
+    try:
+        a.send(TTNetworkMessageUDP("127.0.0.1", peer.getsockname()[1], b"z" * 2500),
+               ensure=True)
+        req, _ = peer.recvfrom(2048)
+        mid = int.from_bytes(req[1:9], "little")
+        w = a.get_sending_window(mid, peer.getsockname())
+        assert w is not None and w.total == 3
+        assert a.get_receiving_window(mid, peer.getsockname()) is None
+    finally:
+        a.cleanup()

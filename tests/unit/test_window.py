@@ -58,3 +58,17 @@ def test_invalid_sequence_numbers():
     with pytest.raises(ValueError):
         TTSlidingWindow(window_size=0)
     assert "base=0" in w.print_window()
+
+
+def test_start_takes_the_time_from_the_caller():
+    w = TTSlidingWindow(window_size=4, initializer=3)
+    assert w.started_at is None
+    w.start(12.5)                          # any clock: real or simulated seconds
+    assert w.started_at == 12.5
+    with pytest.raises(TypeError):
+        w.start()                          # no hidden clock to fall back on
+
+
+def test_window_module_reads_no_clock():
+    import ttnet.window as window_mod
+    assert not hasattr(window_mod, "time")

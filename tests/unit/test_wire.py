@@ -95,3 +95,50 @@ def test_fragmentation_counts(size, count):
     assert b"".join(p.data for p in pkts) == payload
     assert [p.sequence_num for p in pkts] == [i % 2001 for i in range(count)]
     assert all(len(p.to_bytes()) <= wire.MAX_DATAGRAM for p in pkts)
+
+
+# --- the one parser --------------------------------------------------------
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.binary(max_size=1200))
+def test_parse_datagram_round_trips_every_type(mid, number, data):
+    assert wire.parse_datagram(wire.encode_req(mid, number)) == (wire.REQ_KIND, mid, number,
+                                                                 b"", 0)
+    assert wire.parse_datagram(wire.encode_ack(mid, number)) == (wire.ACK_KIND, mid, number,
+                                                                 b"", 0)
+    assert wire.parse_datagram(wire.encode_data(mid, number, data)) == (
+        wire.DATA_KIND, mid, number, data, 0)
+
+
+def test_parse_datagram_keeps_the_req_message_type():
+    dg = TTRequestPacket(5, 2, message_type=7).to_bytes()
+    assert wire.parse_datagram(dg) == (wire.REQ_KIND, 5, 2, b"", 7)
+    assert convert_to_packet(dg) == TTRequestPacket(5, 2, 7)
+
+
+@given(st.binary(max_size=1300))
+def test_parse_datagram_agrees_with_convert_to_packet(raw):
+    try:
+        pkt = convert_to_packet(raw)
+    except MalformedPacket:
+        with pytest.raises(MalformedPacket):
+            wire.parse_datagram(raw)
+        return
+    parsed = wire.parse_datagram(raw)
+    assert (pkt is None) == (parsed is None)
+    if parsed is not None:
+        assert parsed[0] == pkt.packet_type and parsed[1] == pkt.message_id
+        assert parsed[2] == (pkt.num_packets if parsed[0] == wire.REQ_KIND
+                             else pkt.sequence_num)
+
+
+def test_parse_datagram_crc_failure_and_malformed():
+    raw = bytearray(wire.encode_ack(1, 2))
+    raw[5] ^= 0x10
+    assert wire.parse_datagram(bytes(raw)) is None
+    for bad in (b"", b"\x02" * 16, b"\x00" * 18, b"\x01" * 1218, b"\x09" * 17):
+        with pytest.raises(MalformedPacket):
+            wire.parse_datagram(bad)
+
+
+def test_wire_sizes_are_the_specs():
+    assert (wire.REQ_SIZE, wire.ACK_SIZE, wire.MIN_DATAGRAM, wire.DATA_HEADER,
+            wire.CRC_SIZE, wire.MAX_DATAGRAM) == (19, 17, 17, 13, 4, 1217)

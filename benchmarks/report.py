@@ -1,0 +1,185 @@
+"""The benchmark's report: targets, ratios, verdicts and the printed tables.
+
+Owns what a result means: the targets (each a ratio of ttnet to a
+reference measured in the same run), the ratios and PASS/FAIL computed from
+a result (:func:`judge`), and printing it all -- the main table, then the
+counters that explain the numbers -- with ``rich`` when it is installed and
+not turned off, else as plain text. A saved ``--json`` result prints the
+same way.
+
+Must never: measure anything or start a process.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .harness import MiB, median, pct
+
+TARGET_GOODPUT = 0.5    # ttnet goodput / baseline goodput >= this
+TARGET_LATENCY = 2.0    # ttnet median delivery latency / baseline median RTT <= this
+TARGET_AUTH = 0.8       # goodput with auth / goodput without >= this
+TARGET_SIM_SPEEDUP = 100.0
+
+#: Sender-side counters that explain goodput and latency numbers.
+SENDER_COUNTERS = ("data_sent", "data_retransmitted", "req_retransmitted", "rto_expired",
+                   "fast_retransmit", "ack_duplicate", "send_errors")
+RECEIVER_COUNTERS = ("data_received", "data_duplicate", "data_duplicate_completed",
+                     "dropped_out_of_window",
+                     "acks_sent", "dropped_crc")
+
+LABEL = {"udp": "UDP ping-pong", "tt": "ttnet", "floor": "floor", "baseline": "UDP blast",
+         "plain": "ttnet", "auth": "ttnet+auth"}
+
+
+def judge(result: dict[str, Any]) -> None:
+    """Add ``ratios`` and ``pass`` to a result with goodput and latency."""
+    g, lat = result["goodput"], result["latency"]
+    result["ratios"] = {
+        "goodput": g["plain"]["median_MBps"] / g["baseline"]["median_MBps"],
+        "latency": lat["ttnet_median_us"] / lat["baseline_median_us"],
+        "auth": g["auth"]["median_MBps"] / g["plain"]["median_MBps"],
+    }
+    result["pass"] = {
+        "goodput": result["ratios"]["goodput"] >= TARGET_GOODPUT,
+        "latency": result["ratios"]["latency"] <= TARGET_LATENCY,
+        "auth": result["ratios"]["auth"] >= TARGET_AUTH,
+    }
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def build_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
+    g, lat, mem = r["goodput"], r["latency"], r["memory"]
+    base_loss = median([x["loss"] for x in g["baseline"]["runs"]])
+    rows = [
+        ("Goodput, 10 MiB ensure=True",
+         f"{g['plain']['median_MBps']:.1f} MB/s",
+         f"{g['baseline']['median_MBps']:.1f} MB/s (UDP blast; loss {base_loss:.1%})",
+         f"{r['ratios']['goodput']:.2f}x", f">= {TARGET_GOODPUT}x",
+         verdict(r["pass"]["goodput"])),
+        ("Latency, 64 B ensure=True",
+         f"{lat['ttnet_median_us']:.0f} us median send()->receiver fn (p90 "
+         f"{lat['ttnet_p90_us']:.0f}; RTT/2 {lat['ttnet_half_rtt_median_us']:.0f})",
+         f"{lat['baseline_median_us']:.0f} us median UDP ping-pong RTT "
+         f"(p90 {lat['baseline_p90_us']:.0f})",
+         f"{r['ratios']['latency']:.2f}x", f"<= {TARGET_LATENCY}x",
+         verdict(r["pass"]["latency"])),
+        ("Auth overhead, 10 MiB goodput",
+         f"{g['auth']['median_MBps']:.1f} MB/s (auth on)",
+         f"{g['plain']['median_MBps']:.1f} MB/s (auth off)",
+         f"{r['ratios']['auth']:.2f}x", f">= {TARGET_AUTH}x", verdict(r["pass"]["auth"])),
+    ]
+    if not mem.get("skipped"):
+        rows.append((
+            "Memory, 50 MiB receive",
+            f"peak RSS +{mem['rss_growth'] / MiB:.0f} MiB; reserved_bytes peak "
+            f"{mem['reserved_peak'] / MiB:.1f} MiB ({mem['MBps']:.0f} MB/s)",
+            f"reserved_bytes bound {mem['peer_receive_budget'] / MiB:.0f} MiB/peer, "
+            f"{mem['total_receive_budget'] / MiB:.0f} MiB total",
+            f"RSS {mem['rss_growth'] / mem['size']:.2f}x msg", "info", "-"))
+    rows += [
+        ("ref: protocol floor, goodput",
+         f"{g['floor']['median_MBps']:.1f} MB/s (minimal Python, 1 thread/side)",
+         f"{g['baseline']['median_MBps']:.1f} MB/s (UDP blast)",
+         f"{g['floor']['median_MBps'] / g['baseline']['median_MBps']:.2f}x", "info", "-"),
+        ("ref: protocol floor, latency",
+         f"{lat['floor_median_us']:.0f} us one-way (minimal Python, RTT/2)",
+         f"{lat['baseline_median_us']:.0f} us UDP ping-pong RTT",
+         f"{lat['floor_median_us'] / lat['baseline_median_us']:.2f}x", "info", "-"),
+    ]
+    for name, sp in (r.get("sim_speed") or {}).items():
+        rows.append((f"Simulator speed, {name}",
+                     f"{sp['simulated_s']:.1f} s simulated in {sp['wall_s'] * 1000:.0f} ms",
+                     "real time", f"{sp['speedup']:.0f}x", f">= {TARGET_SIM_SPEEDUP:.0f}x",
+                     verdict(sp["speedup"] >= TARGET_SIM_SPEEDUP)))
+    if r.get("sim_speed_skipped"):
+        rows.append(("Simulator speed", f"not measured: {r['sim_speed_skipped']}",
+                     "real time", "-", f">= {TARGET_SIM_SPEEDUP:.0f}x", "-"))
+    split = r.get("latency_split")
+    if split:
+        rows.append((
+            "ref: latency, A and B pinned to different CPUs",
+            f"ttnet {split['ttnet_median_us']:.0f} us send()->receiver fn; floor "
+            f"{split['floor_median_us']:.0f} us",
+            f"{split['baseline_median_us']:.0f} us UDP ping-pong RTT",
+            f"{split['ttnet_median_us'] / split['baseline_median_us']:.2f}x", "info", "-"))
+    return rows
+
+
+def explain_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    for phase in ("goodput", "latency", "memory"):
+        c = r["counters"].get(phase)
+        if not c:
+            continue
+        for side, names in (("sender", SENDER_COUNTERS), ("receiver", RECEIVER_COUNTERS)):
+            for iface, counts in c[side].items():
+                rows.append((phase, f"ttnet {side} ({iface})",
+                             ", ".join(f"{n}={counts.get(n, 0)}" for n in names)))
+        k = c.get("kernel_udp")
+        if k is not None:
+            rows.append((phase, "kernel UDP (host-wide)",
+                         ", ".join(f"{n}={v}" for n, v in k.items())))
+    lat = r["latency"]
+    rows.append(("latency", "CPU per round trip (A+B)", ", ".join(
+        f"{LABEL[k]} {v:.0f} us" for k, v in lat["cpu_us_per_rtt"].items())))
+    rows.append(("latency", "context switches per RTT", ", ".join(
+        f"{LABEL[k]} {v:.1f}" for k, v in lat["ctxsw_per_rtt"].items())))
+    g = r["goodput"]
+    for k, what in (("goodput", "ttnet / UDP blast"), ("auth", "auth on / off"),
+                    ("floor", "floor / UDP blast")):
+        xs = g.get("paired", {}).get(k)
+        if xs:
+            rows.append(("goodput", f"per-rep ratio {what}",
+                         f"median {median(xs):.2f}x, quartiles {pct(xs, 25):.2f}-"
+                         f"{pct(xs, 75):.2f}x, range {xs[0]:.2f}-{xs[-1]:.2f}x"))
+    for k in ("baseline", "plain", "auth", "floor"):
+        rows.append(("goodput", f"runs MB/s: {LABEL[k]}",
+                     " ".join(f"{x['MBps']:.1f}" for x in g[k]["runs"])))
+    rows.append(("goodput", "UDP blast loss per run",
+                 " ".join(f"{x['loss']:.1%}" for x in g["baseline"]["runs"])))
+    return rows
+
+
+def print_report(r: dict[str, Any]) -> None:
+    headers = ("benchmark", "ttnet", "baseline / reference", "ratio", "target", "result")
+    rows = build_rows(r)
+    erows = explain_rows(r)
+    m = r["meta"]
+    title = (f"ttnet benchmarks {m['when']}: Python {m['python']}, {m['cpus']} CPUs, "
+             f"goodput reps={m['reps']}, latency samples={m['pings']}, "
+             f"load avg {m['loadavg_before'][0]:.2f}")
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        Console = None  # type: ignore[assignment,misc]
+    if Console is not None and not m.get("plain"):
+        console = Console(width=max(150, Console().width))
+        t = Table(title=title)
+        for h in headers:
+            t.add_column(h, overflow="fold")
+        for row in rows:
+            style = {"PASS": "green", "FAIL": "bold red"}.get(row[-1])
+            t.add_row(*row[:-1], f"[{style}]{row[-1]}[/]" if style else row[-1])
+        console.print(t)
+        et = Table(title="what explains the numbers (counters are deltas over each phase)")
+        for h in ("phase", "what", "values"):
+            et.add_column(h, overflow="fold")
+        for row in erows:
+            et.add_row(*row)
+        console.print(et)
+    else:
+        print(title)
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+        print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+        print("-+-".join("-" * w for w in widths))
+        for row in rows:
+            print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        print("\nwhat explains the numbers (counters are deltas over each phase)")
+        for row in erows:
+            print(f"  {row[0]:<8} {row[1]:<28} {row[2]}")
+    print("verdict: " + ", ".join(f"{k} {verdict(v)}" for k, v in r["pass"].items())
+          + f"  (took {m['seconds']:.0f} s)")
