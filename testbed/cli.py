@@ -308,24 +308,22 @@ def cmd_all(args) -> int:
     return code
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+def _number(kind: type, minimum: float, words: str):
+    """An argparse type: ``kind(text)`` of at least ``minimum`` (NaN refused)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {words}") from None
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(
+                f"{text} must be at least 1" if kind is int else f"{text} must be >= {minimum:g}")
+        return value
+    return parse
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
+_positive_int = _number(int, 1, "a whole number")
+_non_negative = _number(float, 0.0, "a number")
 
 
 EXAMPLES = """\

@@ -48,6 +48,23 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout_s: float) -> list
     raise AssertionError(f"never printed {needle!r}; output: {''.join(seen)[-3000:]}")
 
 
+def signal_at(proc: subprocess.Popen, needle: str, sig: int, delay_s: float = 0.0,
+              check=None) -> str:
+    """Once ``proc`` printed ``needle`` (and ``check()`` holds), send ``sig``;
+    the rest of its output after it exits."""
+    try:
+        wait_for_line(proc, needle, 180)
+        if check is not None:
+            assert check()
+        time.sleep(delay_s)
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return rest
+
+
 @pytest.fixture
 def clean():
     assert _leftovers() == [], "leftovers from an earlier test"
@@ -89,14 +106,7 @@ def test_status_and_down_exit_0(clean):
 @pytest.mark.parametrize("backend", ["netns", "docker"])
 def test_up_holds_until_a_signal_then_leaves_nothing(tmp_path, clean, sig, backend):
     proc = start("up", str(TINY), "--backend", backend, "--results", str(tmp_path))
-    try:
-        wait_for_line(proc, "holding", 180)
-        assert _leftovers() != []                 # it is really up
-        proc.send_signal(sig)
-        rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    rest = signal_at(proc, "holding", sig, check=lambda: _leftovers() != [])  # really up
     assert proc.returncode == 0, rest
     assert "down in" in rest
     assert _leftovers() == []
@@ -108,14 +118,7 @@ def test_run_interrupted_while_flows_run_exits_130_and_leaves_nothing(tmp_path, 
     long_run = tmp_path / "long.yaml"
     long_run.write_text(TINY.read_text().replace("count: 30", "count: 3000"))
     proc = start("run", str(long_run), "--backend", "netns", "--results", str(tmp_path))
-    try:
-        wait_for_line(proc, "running flows", 180)
-        time.sleep(1.0)
-        proc.send_signal(sig)
-        rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    rest = signal_at(proc, "running flows", sig, delay_s=1.0)
     assert proc.returncode == 130, rest
     assert "interrupted" in rest
     assert _leftovers() == []
@@ -124,13 +127,7 @@ def test_run_interrupted_while_flows_run_exits_130_and_leaves_nothing(tmp_path, 
 @pytest.mark.timeout(400)
 def test_calibrate_interrupted_leaves_nothing(tmp_path, clean):
     proc = start("calibrate", "--backend", "netns", "--results", str(tmp_path))
-    try:
-        wait_for_line(proc, "running flows", 180)
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    rest = signal_at(proc, "running flows", signal.SIGTERM)
     assert proc.returncode == 130, rest
     assert _leftovers() == []
     assert not (tmp_path / "calibration.json").exists()
