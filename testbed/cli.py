@@ -250,11 +250,13 @@ def cmd_false_alarms(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from testbed.pipelines.calibrate import calibrate
+    from testbed.simulate.host import calibration_name
     info = calibrate(args.backend, Path(args.results), progress=say)
     say(f"host cost {info['host_cost_s'] * 1e6:.1f} us CPU/datagram; hop latency "
         f"{info['hop_latency_s'] * 1e6:.0f} us "
         f"(emulated bulk median {info['measured_bulk_median_s'] * 1000:.2f} ms); emulator "
-        f"capacity {info['capacity_pps']:.0f} datagrams/s -> {Path(args.results) / 'calibration.json'}")
+        f"capacity {info['capacity_pps']:.0f} datagrams/s -> "
+        f"{Path(args.results) / calibration_name(info['backend'])}")
     return 0
 
 
@@ -267,7 +269,11 @@ def cmd_all(args) -> int:
     from testbed.emulate.run import run_emulation
     t0 = time.monotonic()
     results = Path(args.results)
-    if not (results / "calibration.json").exists() or args.recalibrate:
+    from testbed.emulate.backends import backend_name
+    from testbed.simulate.host import load_calibration
+    backend = backend_name(args.backend)        # "auto" resolved, as the runs will be
+    calibrated = load_calibration(results, backend)
+    if calibrated is None or calibrated.get("backend") != backend or args.recalibrate:
         say("calibrating the simulator's host cost")
         cmd_calibrate(args)
     summaries = []

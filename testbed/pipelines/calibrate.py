@@ -33,7 +33,7 @@ import statistics
 import time
 from pathlib import Path
 
-from testbed.simulate.host import CALIBRATION_NAME, HostModel
+from testbed.simulate.host import CALIBRATION_NAME, HostModel, calibration_name
 from testbed.simulate.simulator import simulate_host
 from testbed.spec.model import Flow, LinkSpec, Topology
 from testbed.spec.quantiles import percentile
@@ -158,7 +158,7 @@ def calibrate(backend: str | None = None, results_root: Path = Path("results"),
             "bulk_size": topo.flows[0].sizes[0], "link_delay_s": topo.default_link.delay_s,
             "backend": res.meta.get("backend"), "impairment_engine": res.meta.get("impairment_engine"),
             "run_dir": str(res.run_dir), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    path = results_root / CALIBRATION_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=1))
+    results_root.mkdir(parents=True, exist_ok=True)
+    for name in (calibration_name(info["backend"]), CALIBRATION_NAME):
+        (results_root / name).write_text(json.dumps(info, indent=1))
     return info

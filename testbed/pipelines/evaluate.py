@@ -48,7 +48,8 @@ def _sim_is_current(sim_dir: Path, host_key: dict, replications: int, topo_yaml:
             and (sim_dir / "topology.yaml").read_text() == topo_yaml)
 
 
-def run_calibration(run_dir: Path, calibration: dict | None) -> tuple[dict | None, str]:
+def run_calibration(run_dir: Path, calibration: dict | None,
+                    emu_meta: dict | None = None) -> tuple[dict | None, str]:
     """The calibration to judge ``run_dir`` with, and where it came from:
     an explicit one (then pinned), the one pinned in the run, or the one
     under the results root (then pinned)."""
@@ -59,7 +60,9 @@ def run_calibration(run_dir: Path, calibration: dict | None) -> tuple[dict | Non
     elif pinned.exists() and (got := load_calibration(run_dir)) is not None:
         return got, "pinned in the run"
     else:
-        calibration = load_calibration(run_dir.parent.parent)
+        meta = emu_meta or {}
+        calibration = load_calibration(run_dir.parent.parent, meta.get("backend"),
+                                       meta.get("impairment_engine"))
         where = "results root" if calibration is not None else "none (default host model)"
     if calibration is not None:
         pinned.write_text(json.dumps(calibration, indent=1))
@@ -92,7 +95,7 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
                                "run against its simulation; pass the emulated run directory")
     replications = replications or REPLICATIONS
     topo = load_topology(run_dir / "topology.yaml")
-    calibration, cal_source = run_calibration(run_dir, calibration)
+    calibration, cal_source = run_calibration(run_dir, calibration, emu_meta)
     host = HostModel.from_calibration(calibration)
     sim_dir = run_dir / "sim"
     if not _sim_is_current(sim_dir, host.key(), replications,

@@ -54,11 +54,14 @@ class HostModel:
                 "hop_noise_s": list(self.hop_noise_s), "source": self.source}
 
 
-def load_calibration(results_root: Path = Path("results")) -> dict | None:
-    """The calibration stored in directory ``results_root`` (a results root,
-    or a run it was pinned into), or None if there is none or it is
-    unreadable."""
-    path = Path(results_root) / CALIBRATION_NAME
+def calibration_name(backend: str | None = None) -> str:
+    """``calibration-<backend>.json`` (one per backend: what the emulator adds
+    differs between containers and namespaces), or ``calibration.json``, the
+    latest of any backend."""
+    return f"calibration-{backend}.json" if backend else CALIBRATION_NAME
+
+
+def _read(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
@@ -68,3 +71,18 @@ def load_calibration(results_root: Path = Path("results")) -> dict | None:
     except (ValueError, KeyError, TypeError):
         log.warning("%s is unreadable; using the default host model", path)
         return None
+
+
+def load_calibration(results_root: Path = Path("results"), backend: str | None = None,
+                     engine: str | None = None) -> dict | None:
+    """The calibration stored in directory ``results_root`` (a results root,
+    or a run it was pinned into), or None if there is none or it is
+    unreadable. With ``backend`` (and ``engine``), the one measured on that
+    backend (and impairment engine) is preferred; the latest of any backend
+    is the fallback (the report then says they differ)."""
+    root = Path(results_root)
+    if backend:
+        info = _read(root / calibration_name(backend))
+        if info is not None and (engine is None or info.get("impairment_engine") in (None, engine)):
+            return info
+    return _read(root / CALIBRATION_NAME)

@@ -4,7 +4,6 @@ SIGINT/SIGTERM at any point leaving nothing behind."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -135,8 +134,10 @@ def test_calibrate_interrupted_leaves_nothing(tmp_path, clean):
 
 @pytest.mark.timeout(600)
 def test_all_runs_judges_and_reports(tmp_path, clean):
-    # A calibration in place, so `all` does not calibrate (minutes) first.
-    shutil.copy(DATA / "fidelity" / "power-run" / "calibration.json", tmp_path)
+    # A calibration for this backend in place, so `all` does not calibrate
+    # first (the model's accuracy does not matter to this test).
+    cal = json.loads((DATA / "fidelity" / "power-run" / "calibration.json").read_text())
+    (tmp_path / "calibration-netns.json").write_text(json.dumps({**cal, "backend": "netns"}))
     out = cli("all", str(TINY), "--backend", "netns", "--skip-e2e", "--results", str(tmp_path),
               timeout=500)
     text = out.stdout + out.stderr

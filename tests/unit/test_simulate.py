@@ -81,3 +81,21 @@ def test_host_spread_widens_the_latency_distribution_but_never_reorders():
     _, counters = simulate_host(topo, HostModel(0.0, 5e-4, spread))
     assert counters["a"].get("data_retransmitted", 0) == 0
     assert counters["a"].get("spurious_retransmit", 0) == 0
+
+
+def test_calibration_of_the_runs_backend_is_preferred(tmp_path):
+    import json
+
+    from testbed.simulate.host import load_calibration
+    base = {"host_cost_s": 1e-6, "hop_latency_s": 1e-4, "impairment_engine": "nfqueue"}
+    (tmp_path / "calibration.json").write_text(json.dumps({**base, "backend": "docker"}))
+    (tmp_path / "calibration-netns.json").write_text(
+        json.dumps({**base, "backend": "netns", "hop_latency_s": 2e-5}))
+    assert load_calibration(tmp_path)["backend"] == "docker"                 # the latest
+    assert load_calibration(tmp_path, "netns")["hop_latency_s"] == 2e-5
+    assert load_calibration(tmp_path, "netns", "nfqueue")["backend"] == "netns"
+    # another engine's calibration of that backend is not taken for this one
+    assert load_calibration(tmp_path, "netns", "netem")["backend"] == "docker"
+    assert load_calibration(tmp_path, "docker")["backend"] == "docker"       # fallback
+    (tmp_path / "calibration-netns.json").write_text("{broken")
+    assert load_calibration(tmp_path, "netns")["backend"] == "docker"

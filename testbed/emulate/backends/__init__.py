@@ -17,6 +17,14 @@ __all__ = ["Backend", "BackendError", "Host", "make_backend", "cleanup_stale",
 NAMES = ("docker", "netns")
 
 
+def backend_name(name: str | None = None) -> str:
+    """The backend ``make_backend(name)`` would make, without making it."""
+    if name in (None, "auto"):
+        from testbed.emulate.backends.docker import client_or_none
+        return "docker" if client_or_none() is not None else "netns"
+    return name
+
+
 def make_backend(name: str | None = None, **kwargs) -> Backend:
     """A backend by name; None/"auto" means docker if its engine answers, else netns.
 
