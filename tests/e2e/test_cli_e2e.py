@@ -146,3 +146,26 @@ def test_all_runs_judges_and_reports(tmp_path, clean):
     # The exit code is the verdict's (the agents all succeed on this topology).
     assert out.returncode == (0 if verdict["outcome"] != "FAIL" else 1), text[-3000:]
     assert ("PASS (end-to-end" in text) == (out.returncode == 0)
+
+
+@pytest.mark.timeout(400)
+def test_calibrate_writes_the_backends_calibration(tmp_path, clean):
+    out = cli("calibrate", "--backend", "netns", "--results", str(tmp_path), timeout=360)
+    assert out.returncode == 0, out.stdout + out.stderr
+    info = json.loads((tmp_path / "calibration-netns.json").read_text())
+    assert info["backend"] == "netns" and info["source"] == "calibrated"
+    assert info["hop_latency_s"] > 0 and info["capacity_pps"] > 0
+    assert json.loads((tmp_path / "calibration.json").read_text()) == info
+
+
+@pytest.mark.timeout(300)
+def test_all_interrupted_exits_130_and_leaves_nothing(tmp_path, clean):
+    cal = json.loads((DATA / "fidelity" / "power-run" / "calibration.json").read_text())
+    (tmp_path / "calibration-netns.json").write_text(json.dumps({**cal, "backend": "netns"}))
+    long_run = tmp_path / "long.yaml"
+    long_run.write_text(TINY.read_text().replace("count: 30", "count: 3000"))
+    proc = start("all", str(long_run), "--backend", "netns", "--skip-e2e",
+                 "--results", str(tmp_path))
+    rest = signal_at(proc, "running flows", signal.SIGTERM, delay_s=1.0)
+    assert proc.returncode == 130, rest
+    assert _leftovers() == []

@@ -125,3 +125,16 @@ def test_list_shows_an_invalid_topology_with_its_error_and_the_others(tmp_path, 
     out = capsys.readouterr().out
     assert "pair" in out and "2 ensembles" in out
     assert "broken" in out and "INVALID" in out and "broken.yaml:" in out
+
+
+def test_setup_errors_are_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
+    import testbed.emulate.backends as backends
+    from testbed.emulate.backends.base import BackendError
+
+    def refuse(*_a, **_k):
+        raise BackendError("the docker engine does not answer; start it or use --backend netns")
+    monkeypatch.setattr(backends, "make_backend", refuse)
+    assert main(["run", str(TINY), "--no-compare", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the docker engine does not answer")
+    assert "Traceback" not in err
