@@ -131,7 +131,10 @@ def _leftovers():
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("backend", ["docker", "netns"])
 def test_run_leaves_nothing_behind(tmp_path, backend):
-    flow = Flow("t", "a", "b", sizes=(64,), count=5, interval_s=0.05, ensure=True, deadline_s=5)
+    # 30 s, not 5 s: at 10% loss each way a 5 s deadline leaves a message
+    # six REQ/ACK_START attempts (exponential backoff), and a CI run once
+    # lost all six (seeded drops at positions 1, 15-18 one way, 5 and 7 back).
+    flow = Flow("t", "a", "b", sizes=(64,), count=5, interval_s=0.05, ensure=True, deadline_s=30)
     assert _leftovers() == []
     _run(tmp_path, _topo("clean", LinkSpec(delay_s=0.01, loss=0.1), [flow]), backend=backend)
     assert _leftovers() == []
