@@ -4,16 +4,23 @@ Owns what is the same whether datagrams travel over a UDP socket
 (:mod:`ttnet.udp`) or over simulated links (:mod:`ttnet.sim`): the values a
 user gets back (a :class:`SendHandle` from every ``send()``, a
 :class:`TTReceivedMessage` for every delivered message), the bookkeeping of
-sends in flight, and the one dispatch from engine events to the documented
-callbacks (TTPython's contract, plus failure reporting):
+sends in flight, and the one dispatch from engine events to the callbacks.
+The callbacks get what TTPython gives them, plus failure reporting:
 
 - ``receiver_function(msg)``: one :class:`TTReceivedMessage` per delivered
-  message, exactly once.
-- ``send(message, after=f)``: ``f()`` with no arguments once every packet
-  of the message was acknowledged.
+  message, exactly once (TTPython's received message: ``payload``, the
+  sender in ``get_address()`` / ``recipient_ip`` / ``recipient_port``,
+  ``message_id``).
+- ``send(message, after=f)``: ``f(message)``, with the message given to
+  ``send``, once every packet of it was acknowledged. The one rule for
+  code written against ttnet's earlier ``after()`` (:func:`completion_callback`,
+  decided once per send): ``f`` is called with no arguments only if it
+  cannot take one positional argument. A callable that can -- including a
+  lambda whose only parameter has a default, ``lambda ref=ref: ...`` --
+  gets the message.
 - ``send(message, on_failure=g)``, else the interface-wide
-  ``failure_function``: ``g(message, reason)`` when the send is given up
-  (its deadline passed or the interface closed).
+  ``failure_function`` (ttnet's extension): ``g(message, reason)`` when
+  the send is given up (its deadline passed or the interface closed).
 
 Where each callback runs (the I/O thread, a dispatcher thread, the
 simulation's event loop) is the concrete driver's choice, through three
@@ -25,15 +32,20 @@ decision (that is :mod:`ttnet.engine`), or import a concrete driver.
 """
 from __future__ import annotations
 
+import inspect
 import threading
+import types
 from typing import Any, Callable, NamedTuple
 
 from . import codec
 from .engine import Engine
 from .events import Address, Delivered, SendCompleted, SendFailed
 
-#: ``after``: called with no arguments when a send completed.
-AfterFn = Callable[[], Any]
+#: ``after``: called with the sent message when a send completed -- or with
+#: no arguments if it cannot take one (:func:`completion_callback`).
+AfterFn = Callable[..., Any]
+#: A completion callback once the rule is applied: always given the message.
+MessageFn = Callable[[Any], Any]
 #: ``on_failure`` / ``failure_function``: called with (message, reason).
 FailureFn = Callable[[Any, str], Any]
 #: ``receiver_function``: called with a :class:`TTReceivedMessage`.
@@ -41,15 +53,105 @@ ReceiverFn = Callable[["TTReceivedMessage"], Any]
 
 
 class TTReceivedMessage(NamedTuple):
-    """What the receiver function gets: the payload and who sent it (an
-    ``(ip, port)`` pair over UDP, an ensemble name in the simulator)."""
+    """What the receiver function gets: the payload, who sent it (an
+    ``(ip, port)`` pair over UDP, an ensemble name in the simulator) and
+    the message's id on the wire.
+
+    It answers to TTPython's received message too: ``get_address()`` and
+    ``recipient_ip`` / ``recipient_port`` name the *sender*, as TTPython's
+    do (both None in a simulation, where the sender is a name).
+    """
 
     payload: bytes
     address: Address
+    message_id: int = 0
+
+    @property
+    def recipient_ip(self) -> str | None:
+        a = self.address
+        return a[0] if isinstance(a, tuple) and len(a) == 2 else None
+
+    @property
+    def recipient_port(self) -> int | None:
+        a = self.address
+        return a[1] if isinstance(a, tuple) and len(a) == 2 else None
+
+    def get_address(self) -> Address:
+        return self.address
 
     def decode(self, decoder: codec.SafeDecoder | None = None) -> Any:
         """Unpickle the payload through the restricted decoder."""
         return (decoder or codec.default_decoder).loads(self.payload)
+
+
+def takes_one_argument(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` can be called with one positional argument.
+
+    Plain functions, lambdas and bound methods are read from their code
+    object (well under a microsecond); anything else through
+    :func:`inspect.signature`, remembered per builtin and per callable
+    class (that costs 10-100 us). When the signature cannot be read, or
+    ``fn`` can be called neither with one argument nor with none, the
+    answer is True: the call then fails with Python's own message.
+    """
+    func, bound = fn, 0
+    if isinstance(fn, types.MethodType):
+        func, bound = fn.__func__, 1
+    if isinstance(func, types.FunctionType):
+        code = func.__code__
+        return bool(code.co_flags & inspect.CO_VARARGS) or code.co_argcount - bound >= 1
+    key = _signature_key(fn)
+    known = _ONE_ARGUMENT.get(key) if key is not None else None
+    if known is not None:
+        return known
+    answer = _binds_one_argument(fn)
+    if key is not None and len(_ONE_ARGUMENT) < 4096:
+        _ONE_ARGUMENT[key] = answer
+    return answer
+
+
+#: takes_one_argument's answers for callables whose signature is fixed by
+#: something shared: a builtin's owner type and name, a callable's class.
+_ONE_ARGUMENT: dict[Any, bool] = {}
+
+
+def _signature_key(fn: Any) -> Any:
+    if isinstance(fn, types.BuiltinMethodType):          # [].append, print, ev.set (C)
+        owner = fn.__self__
+        where = owner if isinstance(owner, types.ModuleType) else type(owner)
+        return ("builtin", where, fn.__name__)
+    call = inspect.getattr_static(type(fn), "__call__", None)
+    if isinstance(call, types.FunctionType):              # an object with __call__
+        return ("call", type(fn))
+    return None
+
+
+def _binds_one_argument(fn: Callable[..., Any]) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return True
+    for args in ((None,), ()):
+        try:
+            sig.bind(*args)
+        except TypeError:
+            continue
+        return bool(args)
+    return True
+
+
+def completion_callback(fn: AfterFn | None) -> MessageFn | None:
+    """The one rule for ``after`` (and every TTPython completion callback
+    ttnet calls): the returned callable is called with the message and
+    calls ``fn(message)`` -- or ``fn()`` if ``fn`` cannot take one
+    positional argument (code written for ttnet's earlier zero-argument
+    ``after``). Decided here, once per send, not per call."""
+    if fn is None or takes_one_argument(fn):
+        return fn
+
+    def call_without_message(_message: Any, fn: Callable[[], Any] = fn) -> Any:
+        return fn()
+    return call_without_message
 
 
 class SendHandle:
@@ -100,11 +202,21 @@ class SendHandle:
 
 
 class PendingSend(NamedTuple):
-    """A send the engine still works on, and what to call when it ends."""
+    """A send the engine still works on, and what to call when it ends
+    (``after`` with :func:`completion_callback`'s rule applied: build one
+    with :func:`pending_send`)."""
 
     handle: SendHandle
-    after: AfterFn | None
+    after: MessageFn | None
     on_failure: FailureFn | None
+
+
+def pending_send(message: Any, after: AfterFn | None,
+                 on_failure: FailureFn | None) -> PendingSend:
+    """The bookkeeping of one ``send(message, after=..., on_failure=...)``:
+    a new :class:`SendHandle` and the callbacks, ``after`` under the rule
+    of :func:`completion_callback`. Every interface builds its sends here."""
+    return PendingSend(SendHandle(message), completion_callback(after), on_failure)
 
 
 class DriverShell:
@@ -168,12 +280,12 @@ class DriverShell:
             return
         fn = self.receiver_function
         if fn is not None:
-            fn(TTReceivedMessage(payload, ev.address))
+            fn(TTReceivedMessage(payload, ev.address, ev.message_id))
 
     def _run_completed(self, p: PendingSend) -> None:
         p.handle._set(True)
         if p.after is not None:
-            p.after()
+            p.after(p.handle.message)
 
     def _run_failed(self, p: PendingSend, reason: str) -> None:
         p.handle._set(False, reason)

@@ -561,7 +561,7 @@ class Engine:
                 return
             out.started = True
             out.started_at = now
-            out.window.start(now)
+            out.window.start(now=now)
             out.echo_budget = out.req_count - 1
             if out.req_count == 1:        # Karn: only an unambiguous sample
                 peer.rtt.sample(now - out.req_first_at)
@@ -601,7 +601,7 @@ class Engine:
         if out.state[idx] == _UNSENT:
             self._drop("ack_for_unsent", address, mid, now)
             return
-        if out.window.ack(seq) is None:
+        if out.window.mark_acked(seq) is None:
             self._drop("ack_duplicate", address, mid, now)
             return
         prev = out.state[idx]
@@ -725,7 +725,7 @@ class Engine:
             return
         window = TTSlidingWindow(cfg.window_size, int(cfg.initial_rto_s * 1000),
                                  initializer=num)
-        window.start(now)
+        window.start(now=now)
         if self._tracer is not None:
             self._trace(TraceEvent(TraceKind.RECEIVE_STARTED, now, address, mid, None, num))
         self._ack(address, mid, 0, now)
@@ -751,7 +751,7 @@ class Engine:
                 self._drop("dropped_unknown_message", address, mid, now)
             return
         window = inc.window
-        idx, new = window.receive(seq, data)
+        idx, new = window.store(seq, data)
         if idx is None:
             self._drop("dropped_out_of_window", address, mid, now)
             return

@@ -9,11 +9,11 @@ from __future__ import annotations
 import enum
 import ipaddress
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any
 
 from . import codec
 from .auth import Authenticator
-from .driver import SendHandle
+from .driver import AfterFn, FailureFn, ReceiverFn, SendHandle, TTReceivedMessage
 from .engine import EngineConfig
 from .sim import SimHandOff, SimNetwork, TTNetworkInterfaceSim, TTNetworkMessageSim
 from .udp import TTNetworkInterfaceUDP, TTNetworkMessageUDP
@@ -25,11 +25,19 @@ class TTNetworkInterfaceType(enum.Enum):
 
 
 class TTNetworkInterface(ABC):
-    """What every interface offers (TTPython's abstract interface)."""
+    """What every interface offers (TTPython's abstract interface).
+
+    A subclass calls ``super().__init__(receiver_function)`` first, as in
+    TTPython. ttnet's interfaces are registered, not derived; every one
+    takes ``ensure`` by keyword (the UDP interface's second positional
+    parameter is ``after``, the simulated one's ``ensure``, as in TTPython).
+    """
+
+    def __init__(self, receiver_function: ReceiverFn | None = None) -> None:
+        self.receiver_function = receiver_function
 
     @abstractmethod
-    def send(self, message: Any, after: Callable[[], Any] | None = None,
-             ensure: bool = False) -> SendHandle: ...
+    def send(self, message: Any, ensure: bool = False) -> Any: ...
 
     @abstractmethod
     def listen(self) -> None: ...
@@ -50,6 +58,7 @@ TTNetworkInterface.register(TTNetworkInterfaceSim)
 TTNetworkInterface.register(SimHandOff)
 TTNetworkMessage.register(TTNetworkMessageUDP)
 TTNetworkMessage.register(TTNetworkMessageSim)
+TTNetworkMessage.register(TTReceivedMessage)
 
 
 class NoRouteError(KeyError):
@@ -88,14 +97,18 @@ class TTNetwork:
     (optionally ``sim_network=SimNetwork(...)`` for modelled links).
     ``auth_key`` turns on per-message HMAC authentication (both ends need
     the same key; off by default for TTPython interop).
+
+    TTPython's attributes: ``ensemble_name``, ``interface_type``,
+    ``routing_table`` (ensemble name -> address; ttnet stores UDP addresses
+    parsed, as ``(ip, port)``) and ``network_interface``.
     """
 
     def __init__(self, ensemble_name: str, interface_type: TTNetworkInterfaceType,
                  sim: Any = None, ip_addr: str | None = None, port: int | None = None,
-                 receiver_function: Callable[[Any], Any] | None = None, *,
+                 receiver_function: ReceiverFn | None = None, *,
                  sim_network: SimNetwork | None = None,
                  config: EngineConfig | None = None,
-                 failure_function: Callable[[Any, str], Any] | None = None,
+                 failure_function: FailureFn | None = None,
                  auth_key: bytes | str | None = None,
                  decoder: codec.SafeDecoder | None = None) -> None:
         self.ensemble_name = ensemble_name
@@ -127,19 +140,39 @@ class TTNetwork:
             return parse_udp_address(address)
         return address
 
-    def add_route(self, name: str, address: Any) -> None:
-        addr = self._normalise(address)
+    @property
+    def routing_table(self) -> dict[str, Any]:
+        """TTPython's name for :attr:`routes` (the same dict)."""
+        return self.routes
+
+    @property
+    def network_interface(self) -> Any:
+        """TTPython's name for :attr:`interface`."""
+        return self.interface
+
+    def add_route(self, recipient_ensemble_name: str, recipient_address: Any) -> None:
+        """Route ``recipient_ensemble_name`` to ``recipient_address``
+        (``'ip:port'`` over UDP, the ensemble object or, with a network
+        model, its name in a simulation). Adding a different address for a
+        known name is an error: use :meth:`update_route`."""
+        name = recipient_ensemble_name
+        addr = self._normalise(recipient_address)
         if name in self.routes and self.routes[name] != addr:
             raise ValueError(f"ensemble {name!r} already has a route to {self.routes[name]!r}; "
                              "use update_route to change it")
         self.routes[name] = addr
 
-    def update_route(self, name: str, address: Any) -> None:
+    def update_route(self, recipient_ensemble_name: str, recipient_address: Any) -> None:
+        """Change a known route (unknown names are an error: use
+        :meth:`add_route`)."""
+        name = recipient_ensemble_name
         if name not in self.routes:
             raise NoRouteError(f"no route to ensemble {name!r} to update; use add_route first")
-        self.routes[name] = self._normalise(address)
+        self.routes[name] = self._normalise(recipient_address)
 
-    def get_recipient_address(self, name: str) -> Any:
+    def get_recipient_address(self, recipient_ensemble_name: str) -> Any:
+        """The address routed to; :class:`NoRouteError` for an unknown name."""
+        name = recipient_ensemble_name
         try:
             return self.routes[name]
         except KeyError:
@@ -155,10 +188,14 @@ class TTNetwork:
             return TTNetworkMessageUDP(ip, port, codec.dumps(obj))
         return TTNetworkMessageSim(address, obj)
 
-    def send_message(self, message: Any, ensure: bool = False,
-                     after: Callable[[], Any] | None = None,
-                     on_failure: Callable[[Any, str], Any] | None = None,
+    def send_message(self, message: Any, ensure: bool = False, *,
+                     after: AfterFn | None = None, on_failure: FailureFn | None = None,
                      deadline_s: float | None = None) -> SendHandle:
+        """Send a message from :meth:`create_message`; returns its
+        :class:`SendHandle` at once. ttnet's extras, by keyword:
+        ``after(message)`` on success (``after()`` if it takes no
+        argument), ``on_failure(message, reason)`` on failure,
+        ``deadline_s``."""
         return self.interface.send(message, after=after, ensure=ensure,
                                    on_failure=on_failure, deadline_s=deadline_s)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Generator, Hashable
 
 from . import codec
-from .driver import AfterFn, DriverShell, FailureFn, PendingSend, ReceiverFn, SendHandle
+from .driver import AfterFn, DriverShell, FailureFn, PendingSend, ReceiverFn, SendHandle, pending_send
 from .engine import Engine, EngineConfig
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,9 @@ class LinkParams:
 
 
 class TTNetworkMessageSim:
-    """A simulated message: ``recipient`` is an ensemble object (or, with a
-    network model, its name) and ``payload`` the object or bytes."""
+    """A simulated message, ``TTNetworkMessageSim(recipient, payload)``:
+    ``recipient`` is an ensemble object (or, with a network model, its
+    name) and ``payload`` the object or bytes."""
 
     def __init__(self, recipient: Any, payload: Any) -> None:
         self.recipient = recipient
@@ -196,22 +197,25 @@ class SimNetwork:
 class SimHandOff:
     """TTPython's simulated interface: no network model, no engine.
 
-    ``send()`` hands the message's payload (the object itself, unpickled)
-    to the recipient ensemble's ``receive_network_message`` at the current
-    simulated time, in a simpy process of its own, then calls ``after()``.
-    Nothing is lost or delayed, so ``ensure``, ``on_failure`` and
-    ``deadline_s`` have nothing to act on.
+    ``send()`` hands the message itself (a :class:`TTNetworkMessageSim`,
+    its payload the object, unpickled) to the recipient ensemble's
+    ``receive_network_message``, as TTPython does, at the current simulated
+    time, in a simpy process of its own, then calls ``after(message)``
+    (the rule of :func:`ttnet.driver.completion_callback`). Nothing is lost
+    or delayed, so ``ensure``, ``on_failure`` and ``deadline_s`` have
+    nothing to act on.
     """
 
     def __init__(self, sim: Any) -> None:
         self.sim = sim
 
-    def send(self, message: TTNetworkMessageSim, after: AfterFn | None = None,
-             ensure: bool = False, on_failure: FailureFn | None = None,
+    def send(self, message: TTNetworkMessageSim, ensure: bool = False, *,
+             after: AfterFn | None = None, on_failure: FailureFn | None = None,
              deadline_s: float | None = None) -> SendHandle:
-        handle = SendHandle(message)
-        self.sim.process(self._hand_off(message, handle, after))
-        return handle
+        _check_ensure(ensure)
+        p = pending_send(message, after, on_failure)
+        self.sim.process(self._hand_off(message, p))
+        return p.handle
 
     def listen(self) -> None:
         return None
@@ -223,21 +227,33 @@ class SimHandOff:
     def counters(self) -> dict[str, int]:
         return {}
 
-    def _hand_off(self, message: TTNetworkMessageSim, handle: SendHandle,
-                  after: AfterFn | None) -> Generator[Any, Any, None]:
+    def _hand_off(self, message: TTNetworkMessageSim,
+                  p: PendingSend) -> Generator[Any, Any, None]:
         yield self.sim.timeout(0)
-        message.recipient.receive_network_message(message.payload)
-        handle._set(True)
-        if after is not None:
-            after()
+        message.recipient.receive_network_message(message)
+        p.handle._set(True)
+        if p.after is not None:
+            p.after(message)
+
+
+def _check_ensure(ensure: Any) -> None:
+    """TTPython's simulated ``send(message, ensure=False)`` takes ``ensure``
+    second; a callable there is an ``after`` passed by position."""
+    if callable(ensure):
+        raise TypeError("TTNetworkInterfaceSim.send(message, ensure=False, *, after=None, ...): "
+                        "the second argument is ensure; pass after= by keyword")
 
 
 class TTNetworkInterfaceSim(DriverShell):
     """Simulated interface. ``TTNetworkInterfaceSim(sim)`` is TTPython's
     direct hand-off (it delegates to :attr:`hand_off`, a
     :class:`SimHandOff`); pass ``network=`` and ``name=`` for modelled
-    links. Callbacks run in the simulation's event loop, at the simulated
-    time their event happens; an exception from one propagates into
+    links. ``send(message, ensure=False, *, after=None, on_failure=None,
+    deadline_s=None)``: TTPython's order, then ttnet's extras by keyword.
+    Callbacks (the contract of :mod:`ttnet.driver`: ``after(message)``,
+    ``receiver_function(TTReceivedMessage)``, ``on_failure(message,
+    reason)``) run in the simulation's event loop, at the simulated time
+    their event happens; an exception from one propagates into
     ``env.run()``."""
 
     #: The links this host is attached to (set only with a network model).
@@ -269,23 +285,24 @@ class TTNetworkInterfaceSim(DriverShell):
             network.attach(name, self)
 
     # ------------------------------------------------------------ public API
-    def send(self, message: TTNetworkMessageSim, after: AfterFn | None = None,
-             ensure: bool = False, on_failure: FailureFn | None = None,
+    def send(self, message: TTNetworkMessageSim, ensure: bool = False, *,
+             after: AfterFn | None = None, on_failure: FailureFn | None = None,
              deadline_s: float | None = None) -> SendHandle:
         """Start sending ``message``; returns its :class:`SendHandle`.
         Raises MessageTooLarge above the engine's ``max_message_size``."""
         if self.hand_off is not None:
-            return self.hand_off.send(message, after, ensure, on_failure, deadline_s)
+            return self.hand_off.send(message, ensure, after=after, on_failure=on_failure,
+                                      deadline_s=deadline_s)
+        _check_ensure(ensure)
         recipient = message.recipient
         dst = getattr(recipient, "name", recipient)
         payload = message.payload
         if not isinstance(payload, (bytes, bytearray)):
             payload = codec.dumps(payload)
-        handle = SendHandle(message)
-        self._start_send(dst, payload, self.sim.now, ensure, deadline_s,
-                         PendingSend(handle, after, on_failure))
+        p = pending_send(message, after, on_failure)
+        self._start_send(dst, payload, self.sim.now, ensure, deadline_s, p)
         self._pump()
-        return handle
+        return p.handle
 
     def listen(self) -> None:
         return None

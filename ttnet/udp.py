@@ -11,8 +11,9 @@ commands through a queue), start a thread per message, let an exception
 from the network or a callback escape a thread, or block a caller of
 :meth:`send` (it returns at once).
 
-Callbacks: the contract of :mod:`ttnet.driver` (``receiver_function``,
-``after``, ``on_failure`` / ``failure_function``), all run in the
+Callbacks: the contract of :mod:`ttnet.driver` (``receiver_function(msg)``
+with a :class:`TTReceivedMessage`, ``after(message)``,
+``on_failure(message, reason)`` / ``failure_function``), all run in the
 dispatcher thread -- except ``receiver_function`` with
 ``inline_callbacks=True``, which runs in the I/O thread. ``send`` returns a
 :class:`SendHandle` whose ``wait()`` gives the outcome.
@@ -20,7 +21,6 @@ dispatcher thread -- except ``receiver_function`` with
 from __future__ import annotations
 
 import errno
-import ipaddress
 import logging
 import os
 import queue
@@ -33,19 +33,25 @@ from typing import Any, Callable
 from . import codec
 from .auth import Authenticator
 from .driver import (AfterFn, DriverShell, FailureFn, PendingSend, ReceiverFn, SendHandle,
-                     TTReceivedMessage)
+                     TTReceivedMessage, completion_callback, pending_send)
 from .engine import Engine, EngineConfig
 from .events import Delivered
-from .wire import (MAX_DATA, MAX_DATAGRAM, TTDataPacket, TTRequestPacket, WINDOW_SIZE,
-                   packet_count)
 from .window import TTSlidingWindow
+from .wire import (MAX_DATAGRAM, WINDOW_SIZE, TTAckPacket, TTDataPacket, TTNetworkMessageUDP,
+                   TTPacket, TTPacketType, TTRequestPacket, WindowException, check_endpoint,
+                   convert_to_packet, convert_to_payload)
 
 log = logging.getLogger(__name__)
 
-# SendHandle and TTReceivedMessage live in ttnet.driver (both interfaces
-# return them); importing them from here keeps working.
-__all__ = ["SOCKET_BUFFER_BYTES", "SendHandle", "TTNetworkInterfaceUDP",
-           "TTNetworkMessageUDP", "TTReceivedMessage", "message"]
+# Every name of TTPython's NetworkInterfaceUDP module is importable from
+# here (the packet classes and TTNetworkMessageUDP live in ttnet.wire, the
+# window in ttnet.window). SendHandle and TTReceivedMessage live in
+# ttnet.driver (both interfaces return them); importing them from here
+# keeps working.
+__all__ = ["SOCKET_BUFFER_BYTES", "SendHandle", "TTAckPacket", "TTDataPacket",
+           "TTNetworkInterfaceUDP", "TTNetworkMessageUDP", "TTPacket", "TTPacketType",
+           "TTReceivedMessage", "TTRequestPacket", "TTSlidingWindow", "WindowException",
+           "convert_to_packet", "convert_to_payload", "message"]
 
 #: Socket buffers asked for. A full window is 1000 x 1217 B = 1.2 MB; the
 #: kernel caps the request at net.core.{r,w}mem_max, which is why the engine
@@ -55,45 +61,8 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 _BATCH = 64
 
 
-def _check_endpoint(ip_addr: str, port: int) -> None:
-    try:
-        ipaddress.IPv4Address(ip_addr)
-    except (ipaddress.AddressValueError, ValueError) as exc:
-        raise ValueError(f"ip_addr {ip_addr!r} is not an IPv4 address (e.g. '127.0.0.1')") from exc
-    if not isinstance(port, int) or not 1024 <= port <= 65535:
-        raise ValueError(f"port {port!r} is outside 1024..65535; pick an unprivileged UDP port")
-
-
-class TTNetworkMessageUDP:
-    """A message addressed to ``recipient_ip:recipient_port``."""
-
-    def __init__(self, recipient_ip: str, recipient_port: int,
-                 payload_byte_array: bytes) -> None:
-        _check_endpoint(recipient_ip, recipient_port)
-        self.recipient_ip = recipient_ip
-        self.recipient_port = recipient_port
-        self.payload = bytes(payload_byte_array)
-
-    def get_address(self) -> tuple[str, int]:
-        return (self.recipient_ip, self.recipient_port)
-
-    def get_request(self, message_id: int = 0) -> TTRequestPacket:
-        return TTRequestPacket(message_id, packet_count(len(self.payload)))
-
-    def generate_packets(self, window_size: int = WINDOW_SIZE,
-                         message_id: int = 0) -> list[TTDataPacket]:
-        """All DATA packets, sequence numbers taken mod 2*window_size+1."""
-        mod = 2 * window_size + 1
-        p = self.payload
-        return [TTDataPacket(message_id, i % mod, p[i * MAX_DATA:(i + 1) * MAX_DATA])
-                for i in range(packet_count(len(p)))]
-
-    def __repr__(self) -> str:
-        return (f"TTNetworkMessageUDP({self.recipient_ip}:{self.recipient_port}, "
-                f"{len(self.payload)} bytes)")
-
-
-def message(obj: Any, recipient_ip: str, recipient_port: int) -> TTNetworkMessageUDP:
+def message(obj: Any, recipient_ip: str = "127.0.0.1",
+            recipient_port: int = 8080) -> TTNetworkMessageUDP:
     """Pickle ``obj`` into a message (TTPython's helper)."""
     return TTNetworkMessageUDP(recipient_ip, recipient_port, codec.dumps(obj))
 
@@ -104,7 +73,14 @@ _Call = tuple[Callable[..., None], tuple[Any, ...]]
 
 
 class TTNetworkInterfaceUDP(DriverShell):
-    """TTPython's UDP interface, rebuilt on :class:`ttnet.engine.Engine`."""
+    """TTPython's UDP interface, rebuilt on :class:`ttnet.engine.Engine`.
+
+    ``TTNetworkInterfaceUDP(ensembles=None, ip_addr='127.0.0.1', port=8225,
+    timeout_ms=100, receiver_function=None)``, then ttnet's extras.
+    ``receiver_function(msg)`` gets a :class:`TTReceivedMessage`;
+    ``send(message, after=f)`` calls ``f(message)`` (see
+    :mod:`ttnet.driver` for the rule for zero-argument callables).
+    """
 
     def __init__(self, ensembles: Any = None, ip_addr: str = "127.0.0.1",
                  port: int = 8225, timeout_ms: int = 100,
@@ -113,7 +89,7 @@ class TTNetworkInterfaceUDP(DriverShell):
                  config: EngineConfig | None = None,
                  authenticator: Authenticator | None = None,
                  inline_callbacks: bool = False) -> None:
-        _check_endpoint(ip_addr, port)
+        check_endpoint(ip_addr, port)
         if config is None:
             config = EngineConfig(initial_rto_s=timeout_ms / 1000.0)
         super().__init__(Engine(config), receiver_function, failure_function)
@@ -152,9 +128,15 @@ class TTNetworkInterfaceUDP(DriverShell):
 
     # ------------------------------------------------------------- public API
     def send(self, message: TTNetworkMessageUDP, after: AfterFn | None = None,
-             ensure: bool = False, on_failure: FailureFn | None = None,
+             ensure: bool = False, *, on_failure: FailureFn | None = None,
              deadline_s: float | None = None) -> SendHandle:
-        """Queue ``message``; returns at once with a :class:`SendHandle`."""
+        """Queue ``message``; returns at once with a :class:`SendHandle`.
+
+        ``after(message)`` once every packet was acknowledged (or
+        ``after()``, if it cannot take an argument);
+        ``on_failure(message, reason)``, else ``failure_function``, if the
+        send is given up. ``deadline_s`` overrides the config's deadline.
+        """
         if self._closed:
             raise RuntimeError("interface is closed; create a new TTNetworkInterfaceUDP")
         payload = message.payload
@@ -164,11 +146,11 @@ class TTNetworkInterfaceUDP(DriverShell):
         if len(payload) > cfg.max_message_size:
             raise ValueError(f"message of {len(payload)} bytes exceeds max_message_size="
                              f"{cfg.max_message_size}")
-        handle = SendHandle(message)
-        self._commands.put((self._io_send, (message.get_address(), payload, ensure, deadline_s,
-                                            PendingSend(handle, after, on_failure))))
+        p = pending_send(message, after, on_failure)
+        self._commands.put((self._io_send, (message.get_address(), payload, ensure,
+                                            deadline_s, p)))
         self._wake()
-        return handle
+        return p.handle
 
     def listen(self) -> None:
         """Kept for TTPython compatibility: the I/O thread listens from
@@ -213,31 +195,52 @@ class TTNetworkInterfaceUDP(DriverShell):
         return (self.ip_addr, self.port)
 
     # ---------------------------------------- TTPython helper compatibility
+    # TTPython's interface runs its protocol through these; ttnet's engine
+    # owns its windows and handshakes, so here they are what a caller can
+    # still use: standalone windows, read-only looks at the engine's, and
+    # no-ops where the engine already does the work.
     def create_sending_window(self, message: TTNetworkMessageUDP,
-                              completion_fn: Callable | None = None) -> TTSlidingWindow:
-        return TTSlidingWindow(WINDOW_SIZE, self.timeout_ms, completion_fn,
-                               message.generate_packets(WINDOW_SIZE))
+                              after: AfterFn | None = None) -> TTSlidingWindow:
+        """A sending :class:`TTSlidingWindow` for ``message`` whose
+        completion calls ``after(message)`` (same rule as :meth:`send`).
+        The window is the caller's to drive (``start``, ``ack``): the
+        engine neither registers nor sends it."""
+        return TTSlidingWindow(WINDOW_SIZE, self.timeout_ms, completion_callback(after), message)
 
-    def get_sending_window(self, message_id: int,
-                           address: tuple[str, int]) -> TTSlidingWindow | None:
-        return self.engine.sending_window(address, message_id)
+    def get_sending_window(self, dest_address: tuple[str, int],
+                           message_id: int) -> TTSlidingWindow | None:
+        """The engine's window of a message being sent to ``dest_address``
+        (its wire ``message_id``), or None. Read-only: the I/O thread owns it."""
+        return self.engine.sending_window(dest_address, message_id)
 
-    def create_receiving_window(self, num_packets: int,
-                                completion_fn: Callable | None = None) -> TTSlidingWindow:
-        return TTSlidingWindow(WINDOW_SIZE, self.timeout_ms, completion_fn, num_packets)
+    def create_receiving_window(self, address: tuple[str, int],
+                                request_packet: TTRequestPacket) -> TTSlidingWindow:
+        """A receiving :class:`TTSlidingWindow` for the message that
+        ``request_packet`` announces from ``address``; once complete it
+        calls ``receiver_function`` with a :class:`TTReceivedMessage`, in
+        the caller's thread. The caller drives it (``receive``)."""
+        def deliver(msg: TTNetworkMessageUDP) -> None:
+            fn = self.receiver_function
+            if fn is not None:
+                fn(TTReceivedMessage(bytes(msg.payload), address, msg.message_id))
+        return TTSlidingWindow(WINDOW_SIZE, self.timeout_ms, deliver, request_packet)
 
-    def get_receiving_window(self, message_id: int,
-                             address: tuple[str, int]) -> TTSlidingWindow | None:
+    def get_receiving_window(self, address: tuple[str, int],
+                             message_id: int) -> TTSlidingWindow | None:
+        """The engine's window of a message being received from
+        ``address``, or None. Read-only: the I/O thread owns it."""
         return self.engine.receiving_window(address, message_id)
 
-    def ensure_handshake(self, message: TTNetworkMessageUDP,
-                         after: AfterFn | None = None) -> SendHandle:
-        """Send with the handshake guaranteed (REQ re-sent until ACK_START)."""
-        return self.send(message, after=after, ensure=True)
+    def ensure_handshake(self, req_message: TTRequestPacket, address: tuple[str, int]) -> None:
+        """Does nothing: the engine re-sends the REQ of every
+        ``send(..., ensure=True)`` until ACK_START arrives (exponential
+        backoff from the RTO); there is no separate registry of REQs."""
+        return None
 
-    def handshake(self, message: TTNetworkMessageUDP, after: AfterFn | None = None) -> SendHandle:
-        """Send with a single REQ (best effort handshake)."""
-        return self.send(message, after=after, ensure=False)
+    def handshake(self) -> None:
+        """Does nothing: REQ re-sends run in the I/O thread, on the
+        engine's timers, from construction until :meth:`cleanup`."""
+        return None
 
     def terminate_handshake(self, message_id: int, address: tuple[str, int]) -> None:
         """Answer a REQ with ACK_START (what the engine does on every REQ).
@@ -247,17 +250,15 @@ class TTNetworkInterfaceUDP(DriverShell):
         self._commands.put((self._io_ack_start, (address, message_id)))
         self._wake()
 
-    @staticmethod
-    def wrap_completion(fn: Callable[..., Any] | None, *args: Any) -> Callable[..., None]:
-        """A completion callback that never raises into the caller."""
-        def wrapped(*_: Any) -> None:
-            if fn is None:
-                return
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("completion callback failed")
-        return wrapped
+    def wrap_completion(self, msg: Any, message_dict: dict[Any, Any], message_id: Any,
+                        callback: AfterFn | None) -> None:
+        """Remove ``message_id`` from ``message_dict`` (if there), then call
+        ``callback(msg)`` (same rule as ``after``). An exception from the
+        callback propagates, as in TTPython."""
+        message_dict.pop(message_id, None)
+        fn = completion_callback(callback)
+        if fn is not None:
+            fn(msg)
 
     # --------------------------------------------------------------- threads
     def _wake(self) -> None:

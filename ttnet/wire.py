@@ -1,9 +1,10 @@
 """The TTPython UDP wire format: packet types, encoding, decoding, CRC.
 
 Owns the bytes of ``docs/wire-format.md`` and nothing else: pure
-functions and small value classes. It never keeps state between datagrams,
-never reads a clock, and only touches a socket in the TTPython-compatible
-``TTPacket.send`` helper.
+functions and small value classes (TTPython's packet classes, and
+:class:`TTNetworkMessageUDP`, the message that splits into them). It never
+keeps state between datagrams, never reads a clock, and only touches a
+socket in the TTPython-compatible ``TTPacket.send`` helper.
 
 There is one parser, :func:`parse_datagram`: the engine, the
 TTPython-compatible :func:`convert_to_packet` and the benchmarks' protocol
@@ -20,9 +21,9 @@ from __future__ import annotations
 
 import binascii
 import enum
+import ipaddress
 import struct
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 #: Largest DATA payload. A TTPython receiver reads at most 1217-byte
 #: datagrams, so this is fixed by interop, not a tuning knob.
@@ -93,54 +94,197 @@ def _seal(body: bytes) -> bytes:
 
 # --- packets -------------------------------------------------------------
 class TTPacketType(enum.IntEnum):
+    """The type byte at the front of every packet (TTPython's enum)."""
+
     REQ = 0
     DATA = 1
     ACK = 2
 
 
-@dataclass(frozen=True, slots=True)
 class TTPacket:
-    """Base of the three packet kinds. ``to_bytes()`` gives the datagram."""
+    """One packet: ``TTPacket(packet_type, message_id)``, TTPython's base.
 
-    message_id: int
+    The three kinds below set ``packet_type`` themselves. ``to_bytes()``
+    gives the datagram; ``send(server_socket, address)`` sends it. Packets
+    are equal when they put the same bytes on the wire (``ACKed`` is the
+    sender's bookkeeping, not content). The protocol engine reads datagrams
+    with :func:`parse_datagram` and builds none of these objects.
+    """
 
-    packet_type: ClassVar[TTPacketType | None] = None  # set by subclasses
+    __slots__ = ("packet_type", "message_id")
 
-    def to_bytes(self) -> bytes:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def __init__(self, packet_type: TTPacketType | int, message_id: int) -> None:
+        self.packet_type = TTPacketType(packet_type)
+        self.message_id = message_id
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.packet_type, self.message_id)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self) or not isinstance(other, TTPacket):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]   # mutable (ACKed), like TTPython's
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._fields())
+        return f"{type(self).__name__}({fields})"
+
+    def _fields(self) -> tuple[str, ...]:
+        return ("packet_type", "message_id")
+
+    def to_bytes(self) -> bytes:
+        """The datagram of this packet (CRC trailer included)."""
+        raise NotImplementedError(f"a bare TTPacket of type {self.packet_type.name} has no "
+                                  "content; use TTRequestPacket, TTDataPacket or TTAckPacket")
 
     def send(self, server_socket: Any, address: tuple[str, int]) -> None:
-        """Send this packet as one datagram (TTPython-compatible helper)."""
+        """Send this packet as one datagram on ``server_socket``."""
         server_socket.sendto(self.to_bytes(), address)
 
 
-@dataclass(frozen=True, slots=True)
 class TTRequestPacket(TTPacket):
-    num_packets: int
-    message_type: int = 0
-    packet_type: ClassVar[TTPacketType | None] = TTPacketType.REQ
+    """REQ: ``TTRequestPacket(message_id, num_packets)``. ``message_type``
+    (ttnet's extra) is the 2-byte field TTPython always writes as 0."""
+
+    __slots__ = ("num_packets", "message_type")
+
+    def __init__(self, message_id: int, num_packets: int, message_type: int = 0) -> None:
+        super().__init__(TTPacketType.REQ, message_id)
+        self.num_packets = num_packets
+        self.message_type = message_type
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.message_id, self.num_packets, self.message_type)
+
+    def _fields(self) -> tuple[str, ...]:
+        return ("message_id", "num_packets", "message_type")
 
     def to_bytes(self) -> bytes:
         return encode_req(self.message_id, self.num_packets, self.message_type)
 
 
-@dataclass(frozen=True, slots=True)
 class TTDataPacket(TTPacket):
-    sequence_num: int
-    data: bytes
-    packet_type: ClassVar[TTPacketType | None] = TTPacketType.DATA
+    """DATA: ``TTDataPacket(message_id=0, sequence_num=0, payload=None,
+    ACKed=False)``. ``payload`` is the packet's share of the message (at
+    most :data:`MAX_DATA` bytes; None is empty); ``ACKed`` is set by a
+    sending :class:`~ttnet.window.TTSlidingWindow` when it is acknowledged.
+    ``data`` is ttnet's older name for ``payload``."""
+
+    __slots__ = ("sequence_num", "payload", "ACKed")
+
+    def __init__(self, message_id: int = 0, sequence_num: int = 0,
+                 payload: bytes | bytearray | memoryview | None = None,
+                 ACKed: bool = False) -> None:
+        super().__init__(TTPacketType.DATA, message_id)
+        self.sequence_num = sequence_num
+        self.payload = b"" if payload is None else payload
+        self.ACKed = ACKed
+
+    @property
+    def data(self) -> bytes | bytearray | memoryview:
+        return self.payload
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.message_id, self.sequence_num, bytes(self.payload))
+
+    def _fields(self) -> tuple[str, ...]:
+        return ("message_id", "sequence_num", "payload", "ACKed")
 
     def to_bytes(self) -> bytes:
-        return encode_data(self.message_id, self.sequence_num, self.data)
+        return encode_data(self.message_id, self.sequence_num, self.payload)
 
 
-@dataclass(frozen=True, slots=True)
 class TTAckPacket(TTPacket):
-    sequence_num: int
-    packet_type: ClassVar[TTPacketType | None] = TTPacketType.ACK
+    """ACK: ``TTAckPacket(message_id, sequence_num)``; ACK(0) before any
+    DATA is the ACK_START that answers a REQ."""
+
+    __slots__ = ("sequence_num",)
+
+    def __init__(self, message_id: int, sequence_num: int) -> None:
+        super().__init__(TTPacketType.ACK, message_id)
+        self.sequence_num = sequence_num
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.message_id, self.sequence_num)
+
+    def _fields(self) -> tuple[str, ...]:
+        return ("message_id", "sequence_num")
 
     def to_bytes(self) -> bytes:
         return encode_ack(self.message_id, self.sequence_num)
+
+
+def check_endpoint(ip_addr: str, port: int) -> None:
+    """Raise a clear ValueError unless ``ip_addr:port`` is an IPv4 address
+    and an unprivileged port."""
+    try:
+        ipaddress.IPv4Address(ip_addr)
+    except (ipaddress.AddressValueError, ValueError) as exc:
+        raise ValueError(f"ip_addr {ip_addr!r} is not an IPv4 address (e.g. '127.0.0.1')") from exc
+    if not isinstance(port, int) or not 1024 <= port <= 65535:
+        raise ValueError(f"port {port!r} is outside 1024..65535; pick an unprivileged UDP port")
+
+
+class TTNetworkMessageUDP:
+    """A message for ``recipient_ip:recipient_port`` (TTPython's class).
+
+    ``TTNetworkMessageUDP(recipient_ip='127.0.0.1', recipient_port=8080,
+    payload_byte_array=None)``. Attributes: ``recipient_ip``,
+    ``recipient_port``, ``payload`` (the bytes; None is empty),
+    ``message_id`` (TTPython's: ``id(self)``, unique among live messages;
+    the engine picks its own random id for the wire) and ``num_packets``.
+
+    A receiving :class:`~ttnet.window.TTSlidingWindow` hands its
+    ``completion_fn`` one of these, built as TTPython builds it: the
+    *sender's* address in ``recipient_ip``/``recipient_port``.
+    """
+
+    def __init__(self, recipient_ip: str = "127.0.0.1", recipient_port: int = 8080,
+                 payload_byte_array: bytes | bytearray | memoryview | None = None) -> None:
+        check_endpoint(recipient_ip, recipient_port)
+        self.recipient_ip: str | None = recipient_ip
+        self.recipient_port: int | None = recipient_port
+        self.payload = b"" if payload_byte_array is None else bytes(payload_byte_array)
+        self.message_id = id(self)
+
+    @classmethod
+    def received(cls, address: Any, payload: bytes, message_id: int) -> "TTNetworkMessageUDP":
+        """A message as a receiver sees it (no endpoint check: any sender
+        port is possible); ``address`` is the sender's ``(ip, port)``."""
+        m = cls.__new__(cls)
+        ip, port = address if isinstance(address, tuple) and len(address) == 2 else (None, None)
+        m.recipient_ip, m.recipient_port = ip, port
+        m.payload = payload
+        m.message_id = message_id
+        return m
+
+    @property
+    def num_packets(self) -> int:
+        return packet_count(len(self.payload))
+
+    def get_address(self) -> tuple[str | None, int | None]:
+        return (self.recipient_ip, self.recipient_port)
+
+    def get_request(self, message_id: int | None = None) -> "TTRequestPacket":
+        """The REQ for this message (``message_id`` defaults to this
+        message's own)."""
+        mid = self.message_id if message_id is None else message_id
+        return TTRequestPacket(mid, self.num_packets)
+
+    def generate_packets(self, window_size: int = WINDOW_SIZE,
+                         message_id: int | None = None) -> "list[TTDataPacket]":
+        """All DATA packets, sequence numbers taken mod 2*window_size+1."""
+        mid = self.message_id if message_id is None else message_id
+        mod = 2 * window_size + 1
+        p = self.payload
+        return [TTDataPacket(mid, i % mod, p[i * MAX_DATA:(i + 1) * MAX_DATA])
+                for i in range(packet_count(len(p)))]
+
+    def __repr__(self) -> str:
+        return (f"TTNetworkMessageUDP({self.recipient_ip}:{self.recipient_port}, "
+                f"{len(self.payload)} bytes)")
 
 
 def _check_id(message_id: int) -> None:
@@ -155,7 +299,8 @@ def encode_req(message_id: int, num_packets: int, message_type: int = 0) -> byte
     return _seal(_REQ.pack(TTPacketType.REQ, message_id, message_type, num_packets))
 
 
-def encode_data(message_id: int, sequence_num: int, data: bytes) -> bytes:
+def encode_data(message_id: int, sequence_num: int,
+                data: bytes | bytearray | memoryview) -> bytes:
     if len(data) > MAX_DATA:
         raise ValueError(f"DATA carries at most {MAX_DATA} bytes, got {len(data)}")
     return _seal(_SEQ.pack(TTPacketType.DATA, message_id, sequence_num) + bytes(data))

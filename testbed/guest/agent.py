@@ -262,7 +262,7 @@ def _send_flows(net: TTNetwork, mine: list[tuple[int, dict]], events: EventFile,
         try:
             net.send_message(
                 msg, ensure=f["ensure"], deadline_s=f["deadline_s"],
-                after=lambda ref=ref: resolved(ref, True),
+                after=lambda _msg, ref=ref: resolved(ref, True),
                 on_failure=lambda _m, reason, ref=ref: resolved(ref, False, reason))
         except Exception as exc:          # e.g. larger than max_message_size
             resolved(ref, False, f"send refused: {type(exc).__name__}: {exc}")

@@ -106,7 +106,7 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
             events.append(Send(ref, env.now).record())
             iface.send(TTNetworkMessageSim(f["dst"], message_bytes(fi, k, ref.size)),
                        ensure=f["ensure"], deadline_s=f["deadline_s"],
-                       after=lambda ref=ref: events.append(Complete(ref, env.now).record()),
+                       after=lambda _msg, ref=ref: events.append(Complete(ref, env.now).record()),
                        on_failure=lambda _m, reason, ref=ref: events.append(
                            Fail(ref, env.now, reason).record()))
             if k + 1 < f["count"]:

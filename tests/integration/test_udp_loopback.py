@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from ttnet import TTNetworkInterfaceUDP, TTNetworkMessageUDP, message
+from ttnet import TTNetworkInterfaceUDP, TTNetworkMessageUDP, TTRequestPacket, message
 from ttnet.wire import encode_data, encode_req
 
 from inbox import Inbox
@@ -132,15 +132,19 @@ def test_bad_endpoint_is_a_clear_value_error(kwargs, match):
 def test_ttpython_style_helpers(pair):
     a, b, _ = pair
     msg = message(list(range(2000)), "127.0.0.1", b.port)
-    w = a.create_sending_window(msg)
+    w = a.create_sending_window(msg, None)
     assert w.total == msg.get_request().num_packets == len(msg.generate_packets(1000))
-    assert a.create_receiving_window(3).total == 3
-    assert a.ensure_handshake(msg).wait(5)
-    assert a.handshake(msg).wait(5)
-    called = []
-    a.wrap_completion(lambda x: called.append(x), 5)()
-    a.wrap_completion(lambda: 1 / 0)()                  # swallowed and logged
-    assert called == [5]
+    assert a.create_receiving_window(("127.0.0.1", b.port), TTRequestPacket(1, 3)).total == 3
+    # the engine handshakes by itself: these are no-ops kept for TTPython code
+    assert a.ensure_handshake(msg.get_request(), msg.get_address()) is None
+    assert a.handshake() is None
+    called, entries = [], {5: "w"}
+    a.wrap_completion(msg, entries, 5, called.append)
+    assert called == [msg] and entries == {}
+    a.wrap_completion(msg, entries, 5, lambda: called.append("no-arg"))   # same rule as after
+    assert called == [msg, "no-arg"]
+    with pytest.raises(ZeroDivisionError):              # propagates, as in TTPython
+        a.wrap_completion(msg, {}, 5, lambda m: 1 / 0)
 
 
 @pytest.fixture
@@ -172,8 +176,8 @@ def test_windows_are_visible_while_a_send_is_under_way(peer, udp_port):
                ensure=True)
         req, _ = peer.recvfrom(2048)
         mid = int.from_bytes(req[1:9], "little")
-        w = a.get_sending_window(mid, peer.getsockname())
+        w = a.get_sending_window(peer.getsockname(), mid)
         assert w is not None and w.total == 3
-        assert a.get_receiving_window(mid, peer.getsockname()) is None
+        assert a.get_receiving_window(peer.getsockname(), mid) is None
     finally:
         a.cleanup()

@@ -118,8 +118,8 @@ class Ensemble:
     def __init__(self):
         self.got = []
 
-    def receive_network_message(self, payload):
-        self.got.append(payload)
+    def receive_network_message(self, message):
+        self.got.append(message)
 
 
 def test_ttpython_mode_hands_object_to_ensemble():
@@ -127,10 +127,12 @@ def test_ttpython_mode_hands_object_to_ensemble():
     ens = Ensemble()
     net = TTNetwork("a", TTNetworkInterfaceType.Simulated, sim=env)
     net.add_route("b", ens)
-    net.send_message(net.create_message("b", {"token": 1}))
+    msg = net.create_message("b", {"token": 1})
+    net.send_message(msg)
     assert ens.got == []
     env.run()
-    assert ens.got == [{"token": 1}]
+    # TTPython hands over the message itself; its payload is the object
+    assert ens.got == [msg] and msg.payload == {"token": 1}
 
 
 def test_link_params_validated():
