@@ -124,9 +124,10 @@ def test_run_interrupted_while_flows_run_exits_130_and_leaves_nothing(tmp_path, 
 
 
 @pytest.mark.timeout(400)
-def test_calibrate_interrupted_leaves_nothing(tmp_path, clean):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_calibrate_interrupted_leaves_nothing(tmp_path, clean, sig):
     proc = start("calibrate", "--backend", "netns", "--results", str(tmp_path))
-    rest = signal_at(proc, "running flows", signal.SIGTERM)
+    rest = signal_at(proc, "running flows", sig)
     assert proc.returncode == 130, rest
     assert _leftovers() == []
     assert not (tmp_path / "calibration.json").exists()
@@ -159,13 +160,14 @@ def test_calibrate_writes_the_backends_calibration(tmp_path, clean):
 
 
 @pytest.mark.timeout(300)
-def test_all_interrupted_exits_130_and_leaves_nothing(tmp_path, clean):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_all_interrupted_exits_130_and_leaves_nothing(tmp_path, clean, sig):
     cal = json.loads((DATA / "fidelity" / "power-run" / "calibration.json").read_text())
     (tmp_path / "calibration-netns.json").write_text(json.dumps({**cal, "backend": "netns"}))
     long_run = tmp_path / "long.yaml"
     long_run.write_text(TINY.read_text().replace("count: 30", "count: 3000"))
     proc = start("all", str(long_run), "--backend", "netns", "--skip-e2e",
                  "--results", str(tmp_path))
-    rest = signal_at(proc, "running flows", signal.SIGTERM, delay_s=1.0)
+    rest = signal_at(proc, "running flows", sig, delay_s=1.0)
     assert proc.returncode == 130, rest
     assert _leftovers() == []

@@ -48,3 +48,22 @@ def test_wheel_install_has_console_script_and_topologies(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert sim.returncode == 0, sim.stderr
     assert list((tmp_path / "r" / "pair").glob("*-sim/events-sim.jsonl"))
+
+
+def test_extras_split_simulation_from_emulation():
+    """[sim] simulates and reports with pure-Python wheels (no root, Docker or C
+    build); [emulate] adds the emulator's packages; the console script exists."""
+    import tomllib
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = meta["optional-dependencies"]
+
+    def names(reqs):
+        return {r.split(">")[0].split("=")[0].split("[")[0].strip().lower() for r in reqs}
+    sim = names(extras["sim"])
+    assert {"simpy", "pyyaml", "matplotlib", "rich"} <= sim
+    assert not sim & {"docker", "pyroute2", "netfilterqueue"}
+    emulate = names(extras["emulate"])
+    assert {"docker", "pyroute2", "netfilterqueue"} <= emulate and "ttnet" in emulate
+    assert meta["dependencies"] == []                  # the core is stdlib-only
+    assert meta["scripts"]["ttnet-testbed"] == "testbed.cli:main"
+    assert meta["license"] == "MIT"
