@@ -81,13 +81,8 @@ class EngineConfig:
     peer_receive_budget: int = 128 * 1024 * 1024
     #: Bytes of incomplete incoming messages all peers together may reserve.
     total_receive_budget: int = 512 * 1024 * 1024
-    #: An incoming message with no new packet for this long is dropped. It
-    #: must outlast many of the sender's probes (at most max_rto_s = 2 s
-    #: apart): 15 s allowed ~7, and at 30% loss + 1% corruption a CI run
-    #: lost all 7 DATA copies of one message (0.307^7 = 2.6e-4 per silent
-    #: stretch); the receiver forgot it and the send failed at its
-    #: deadline. 60 s allows ~30 (0.307^30 < 1e-15).
-    incoming_idle_timeout_s: float = 60.0
+    #: An incoming message with no new packet for this long is dropped.
+    incoming_idle_timeout_s: float = 15.0
     #: How long a completed message is remembered to suppress duplicates.
     completed_ttl_s: float = 120.0
     completed_max: int = 1 << 16
