@@ -83,6 +83,13 @@ class EngineConfig:
     total_receive_budget: int = 512 * 1024 * 1024
     #: An incoming message with no new packet for this long is dropped.
     incoming_idle_timeout_s: float = 15.0
+    #: A started ensure=True send that has heard no ACK for this long goes
+    #: back to its handshake: the receiver has probably forgotten the
+    #: message (its incoming_idle_timeout_s passed), so every DATA packet
+    #: would be dropped as unknown until the deadline. The send re-sends its
+    #: REQ (same message id) and, once ACK_START comes back, every packet
+    #: from the first. None: never (a send then fails at its deadline).
+    stall_restart_s: float | None = 15.0
     #: How long a completed message is remembered to suppress duplicates.
     completed_ttl_s: float = 120.0
     completed_max: int = 1 << 16
@@ -141,6 +148,10 @@ class _Outgoing:
     req_rto: float = 0.1
     req_first_at: float = 0.0
     started_at: float = 0.0
+    #: When an ACK of this message last arrived (any ACK: duplicates too,
+    #: they show the receiver still knows the message).
+    heard_at: float = 0.0
+    restarts: int = 0
     echo_budget: int = 0
     next_new: int = 0
     lost: deque = field(default_factory=deque)     # indices to resend
@@ -452,6 +463,9 @@ class Engine:
             if head is not None:
                 rto = self._backed_off_rto(out, self._peers[out.address])
                 when = min(when, out.sent_at[head] + rto)
+            stall = self.config.stall_restart_s
+            if out.ensure and stall is not None:
+                when = min(when, out.heard_at + stall)
         self._schedule(out, when)
 
     def _backed_off_rto(self, out: _Outgoing, peer: _Peer) -> float:
@@ -485,6 +499,10 @@ class Engine:
                 self._send_req(out, now)
             return
         peer = self._peers[out.address]
+        stall = self.config.stall_restart_s
+        if out.ensure and stall is not None and now >= out.heard_at + stall:
+            self._restart(out, peer, now)
+            return
         rto = self._backed_off_rto(out, peer)
         head = self._flight_head(out)
         if head is None or out.sent_at[head] + rto > now:
@@ -506,6 +524,39 @@ class Engine:
             out.backoff = min(out.backoff * 2, 64.0)
             srtt = peer.rtt.srtt if peer.rtt.srtt is not None else 0.0
             peer.cwnd.on_loss(now, srtt)
+
+    def _restart(self, out: _Outgoing, peer: _Peer, now: float) -> None:
+        """Start the send over from its handshake (see stall_restart_s).
+
+        Same message id, so a receiver that did complete the message
+        re-ACKs it from its completed set and never delivers it twice; a
+        receiver that forgot it accepts the REQ as new. Packets acked before
+        are sent again: the receiver may have thrown them away."""
+        n = out.num_packets
+        peer.inflight -= sum(1 for s in out.state if s == _INFLIGHT)
+        self._sending.pop(out.handle, None)
+        cfg = self.config
+        out.window = TTSlidingWindow(cfg.window_size, int(cfg.initial_rto_s * 1000),
+                                     initializer=n)
+        out.state = bytearray(n)
+        out.last_tx = [0] * n
+        out.first_tx = [0] * n
+        out.fast_lost = bytearray(n)
+        out.retransmitted = bytearray(n)
+        out.flight.clear()
+        out.lost.clear()
+        out.next_new = 0
+        out.backoff = 1.0
+        out.started = False
+        out.req_count = 0
+        out.req_rto = peer.rtt.rto
+        out.req_first_at = now
+        out.restarts += 1
+        self.counters["send_restarted"] += 1
+        if self._tracer is not None:
+            self._trace(TraceEvent(TraceKind.SEND_RESTARTED, now, out.address,
+                                   out.message_id, None, n, len(out.payload)))
+        self._send_req(out, now)
 
     def _mark_lost(self, out: _Outgoing, peer: _Peer, idx: int) -> None:
         out.state[idx] = _LOST
@@ -555,6 +606,7 @@ class Engine:
         if peer is None or out is None:
             self._drop("ack_unknown_message", address, mid, now)
             return
+        out.heard_at = now
         if not out.started:
             if seq != 0:
                 self._drop("ack_before_start", address, mid, now)

@@ -104,6 +104,9 @@ class TraceKind(enum.StrEnum):
     SEND_QUEUED = "send_queued"
     #: ACK_START arrived; DATA may flow.
     SEND_STARTED = "send_started"
+    #: A started ensure=True send heard no ACK for ``stall_restart_s`` and
+    #: went back to its handshake (REQ again, then every packet).
+    SEND_RESTARTED = "send_restarted"
     #: Every packet was acknowledged.
     SEND_COMPLETED = "send_completed"
     #: The send was given up (``reason``).
