@@ -26,6 +26,15 @@ from testbed.spec.topology import (SHIPPED_DIR, TopologyError, find_topology, lo
                                    scan_topologies)
 
 DEFAULT_TOPOLOGIES = ("pair", "star", "edge-cloud", "lossy", "mesh-20")
+#: The example user app, run by `all` too when this is a source checkout.
+EXAMPLE_TOPOLOGY = Path(__file__).resolve().parents[1] / "examples" / "pipeline" / "pipeline.yaml"
+
+
+def _default_topologies() -> list[str]:
+    names = list(DEFAULT_TOPOLOGIES)
+    if EXAMPLE_TOPOLOGY.is_file():
+        names.append(str(EXAMPLE_TOPOLOGY))
+    return names
 
 
 def _load(name: str):
@@ -58,6 +67,21 @@ def _summarise(run_dir: Path) -> None:
     print_table(summary_rows(flow_stats(load_events(run_dir))))
 
 
+def _print_records(emu_dir: Path | None, sim_dir: Path, title: str) -> None:
+    """What apps recorded (``ens.record``), emulated vs simulated; nothing
+    when no app recorded anything."""
+    from testbed.analysis.compare import record_comparison, record_rows
+    from testbed.analysis.stats import load_events
+    try:
+        reps = int(json.loads((sim_dir / "meta.json").read_text()).get("replications") or 1)
+    except (OSError, ValueError):
+        reps = 1
+    emu = load_events(emu_dir) if emu_dir is not None else []
+    records = record_comparison(emu, load_events(sim_dir), reps)
+    if records:
+        print_table(record_rows(records, title=title))
+
+
 def cmd_run(args) -> int:
     from testbed.emulate.run import run_emulation
     from testbed.analysis.compare import comparison_rows
@@ -77,6 +101,8 @@ def cmd_run(args) -> int:
             if not args.no_compare:
                 rows, verdict, report = compare_run(res.run_dir)
                 print_table(comparison_rows(rows, title=f"{name}: emulated vs simulated"))
+                _print_records(res.run_dir, res.run_dir / "sim",
+                               f"{name}: app measurements, emulated vs simulated")
                 _print_verdict(verdict, name)
                 say(f"[{name}] report: {report}")
                 if verdict is not None and not verdict.ok:
@@ -167,6 +193,7 @@ def cmd_simulate(args) -> int:
         print_table(summary_rows(per_run(flow_stats(load_events(out)), reps),
                                  title=f"{name}: simulated; counts are per replication "
                                        f"(mean of {reps}), latencies pooled"))
+        _print_records(None, out, f"{name}: app measurements, simulated (n per replication)")
     return 0
 
 
@@ -192,6 +219,7 @@ def cmd_compare(args) -> int:
     for run in args.run:
         rows, verdict, report = compare_run(Path(run))
         print_table(comparison_rows(rows, title=f"{Path(run).name}: emulated vs simulated"))
+        _print_records(Path(run), Path(run) / "sim", f"{Path(run).name}: app measurements")
         _print_verdict(verdict, Path(run).name)
         say(f"report: {report}")
         if verdict is not None and not verdict.ok:
@@ -277,7 +305,7 @@ def cmd_all(args) -> int:
         say("calibrating the simulator's host cost")
         cmd_calibrate(args)
     summaries = []
-    topologies = [_load(name) for name in args.topology or DEFAULT_TOPOLOGIES]
+    topologies = [_load(name) for name in args.topology or _default_topologies()]
     with live_progress() as monitor:
         for topo in topologies:
             name = topo.name
@@ -299,6 +327,7 @@ def cmd_all(args) -> int:
         say(f"== {name}: backend {m.get('backend')}, impairments {m.get('impairment_engine')}, "
             f"up {m.get('up_s')}s, down {m.get('down_s')}s; report {report}")
         print_table(comparison_rows(rows, title=f"{name}: emulated vs simulated"))
+        _print_records(res.run_dir, res.run_dir / "sim", f"{name}: app measurements")
         _print_verdict(verdict, name)
         if not res.ok:
             say(f"[{name}] agents exited with {m.get('exit_codes')}; see {res.run_dir}/logs")
@@ -451,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("all", cmd_all, "what `make testbed` does",
             "Calibrate (once), emulate and judge every default topology, run the end-to-end "
             "suite, print the tables. Exit 1 if anything failed.")
-    p.add_argument("topology", nargs="*", help=f"(default: {' '.join(DEFAULT_TOPOLOGIES)})")
+    p.add_argument("topology", nargs="*", help=f"(default: {' '.join(DEFAULT_TOPOLOGIES)} "
+                   "and, in a source checkout, examples/pipeline/pipeline.yaml)")
     p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
     p.add_argument("--skip-e2e", action="store_true", help="do not run tests/e2e")
     p.add_argument("--recalibrate", action="store_true", help="calibrate even if calibrated")

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from testbed.spec.model import Topology
 from testbed.analysis.stats import FlowStats, Table, flow_stats, fmt_ms, fmt_ratio
+from testbed.spec.quantiles import percentile
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,12 @@ def format_table(rows: list[FlowComparison], markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _markdown(table: Table) -> str:
+    lines = ["| " + " | ".join(table.headers) + " |",
+             "|" + "|".join("---" if a == "left" else "---:" for a in table.alignments()) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in table.rows])
+
+
 def _cdf(values: list[float]) -> tuple[list[float], list[float]]:
     xs = sorted(v * 1000 for v in values)
     return xs, [(i + 1) / len(xs) for i in range(len(xs))]
@@ -230,8 +237,60 @@ def verdict_lines(verdict: Any) -> list[str]:
     return lines + [""]
 
 
+@dataclass
+class RecordComparison:
+    """One app measurement (``ens.record(name, value)``) emulated vs
+    simulated: counts per run (simulated: mean per replication) and the
+    values' median and 95th percentile."""
+
+    name: str
+    emu_count: int
+    sim_count: float
+    emu_p50: float | None
+    sim_p50: float | None
+    emu_p95: float | None
+    sim_p95: float | None
+
+
+def record_comparison(emu_events: Iterable[dict[str, Any]],
+                      sim_events: Iterable[dict[str, Any]],
+                      replications: int = 1) -> list[RecordComparison]:
+    """App records by name, emulated vs simulated, sorted by name."""
+    def values(events: Iterable[dict[str, Any]]) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for ev in events:
+            if ev.get("event") == "record" and isinstance(ev.get("name"), str):
+                value = ev.get("value")
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out.setdefault(ev["name"], []).append(float(value))
+        return out
+    emu, sim = values(emu_events), values(sim_events)
+    rows = []
+    for name in sorted(set(emu) | set(sim)):
+        e, s = emu.get(name, []), sim.get(name, [])
+        rows.append(RecordComparison(name, len(e), len(s) / max(replications, 1),
+                                     percentile(e, 50), percentile(s, 50),
+                                     percentile(e, 95), percentile(s, 95)))
+    return rows
+
+
+def record_rows(records: list[RecordComparison], title: str = "") -> Table:
+    """App measurements as a Table (values as recorded: the app's units)."""
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.6g}"
+    return Table(["measurement", "emulated n", "simulated n/run", "emulated p50",
+                  "simulated p50", "p50 rel. error", "emulated p95", "simulated p95",
+                  "p95 rel. error"],
+                 [[r.name, str(r.emu_count), f"{r.sim_count:.1f}", num(r.emu_p50),
+                   num(r.sim_p50), _fmt_error(relative_error(r.emu_p50, r.sim_p50)),
+                   num(r.emu_p95), num(r.sim_p95),
+                   _fmt_error(relative_error(r.emu_p95, r.sim_p95))] for r in records],
+                 title=title)
+
+
 def write_report(run_dir: Path, rows: list[FlowComparison], plots: list[Path],
-                 notes: list[str], title: str | None = None, verdict: Any = None) -> Path:
+                 notes: list[str], title: str | None = None, verdict: Any = None,
+                 records: list[RecordComparison] | None = None) -> Path:
     """Write ``run_dir/report.md``: the fidelity verdict first (when given),
     notes, the comparison table and the plots (linked relative to run_dir so
     the directory can be moved). Returns it."""
@@ -247,6 +306,11 @@ def write_report(run_dir: Path, rows: list[FlowComparison], plots: list[Path],
               "Relative error is (simulated - emulated) / emulated. Latencies "
               "are one-way, in milliseconds; percentiles interpolate linearly.",
               "", format_table(rows, markdown=True), ""]
+    if records:
+        lines += ["## App measurements", "",
+                  "What the apps recorded with `ens.record(name, value)`, in their own "
+                  "units; counts per run (simulated: mean per replication).", "",
+                  _markdown(record_rows(records)), ""]
     if plots:
         lines += ["## Latency CDFs", ""]
         for plot in plots:
@@ -265,12 +329,13 @@ def delay_floor_violations(topology: Topology, emu_events: Iterable[dict[str, An
     by_name = {f.name: f for f in topology.flows}
     for name, fs in flow_stats(emu_events).items():
         flow = by_name.get(name)
-        if flow is None or fs.min is None:
+        src, dst = (flow.src, flow.dst) if flow is not None else (fs.src, fs.dst)
+        if src not in topology.ensembles or dst not in topology.ensembles or fs.min is None:
             continue
-        link = topology.link(flow.src, flow.dst)
+        link = topology.link(src, dst)
         floor = max(0.0, link.delay_s - link.jitter_s) - slack_s
         if fs.min < floor:
             problems.append(f"{name}: fastest emulated latency {fs.min * 1000:.2f} ms "
-                            f"is below the {flow.src}->{flow.dst} link delay "
+                            f"is below the {src}->{dst} link delay "
                             f"{link.delay_s * 1000:g} ms (jitter {link.jitter_s * 1000:g} ms)")
     return problems

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from testbed.emulate.progress import RunProgress, RunWatcher, watch
+from testbed.spec.app import pack_apps
 from testbed.spec.jsonio import write_json_atomic
 from testbed.spec.model import Topology
 from testbed.spec.plan import flows_plan, new_run_id
@@ -34,6 +35,8 @@ from testbed.spec.topology import topology_to_yaml
 log = logging.getLogger(__name__)
 
 AGENT_PORT = 8225            # TTPython's default receive port
+#: Where a ``run:`` program binds (TTNET_BIND); the agent keeps AGENT_PORT.
+PROGRAM_PORT = 8226
 #: Agents must be bound and waiting within this long after their hosts start.
 READY_TIMEOUT_S = 60.0
 #: Head start between the go signal and the first send, so every agent has
@@ -105,16 +108,30 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
     run_dir = (results_root / topology.name / run_id).resolve()
     run_dir.mkdir(parents=True)
     (run_dir / "logs").mkdir()
+    # The run directory carries copies of the apps it runs (compare
+    # simulates them again from there); programs run from the topology's own
+    # directory, shared read-only into the hosts.
+    source_dir = topology.base_dir
+    topology = pack_apps(topology, run_dir)
     (run_dir / "topology.yaml").write_text(topology_to_yaml(topology))
     plan = {"run_id": run_id, "topology": topology.name, "ensembles": list(topology.ensembles),
             "port": AGENT_PORT, "flows": flows_plan(topology), "auth_key": topology.auth_key,
-            "engine": engine_overrides or {}}
-    write_json_atomic(run_dir / "plan.json", plan)
+            "engine": engine_overrides or {}, "seed": topology.seed,
+            "duration_s": topology.duration_s, "program_port": PROGRAM_PORT,
+            "apps": {n: {"path": c.app_path, "function": c.app_function}
+                     for n, c in topology.apps.items()},
+            "programs": topology.programs}
     meta: dict = {"run_id": run_id, "topology": topology.name, "kind": "emulated",
                   "versions": _versions(), "started": time.time(), "seed": topology.seed}
 
     backend = make_backend(backend_name)
     meta["backend"] = backend.name
+    if topology.programs:
+        if source_dir is None:
+            raise ValueError(f"topology {topology.name!r} has run: programs but no "
+                             "directory to run them from; load it from its file")
+        plan["workdir"] = backend.share_dir(source_dir)
+    write_json_atomic(run_dir / "plan.json", plan)
     impair = Impairments(f"{run_id[-4:]}", seed=topology.seed, engine=impair_engine,
                          log_dir=run_dir / "logs")
     hosts: dict = {}

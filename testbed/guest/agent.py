@@ -18,6 +18,9 @@ Files in the results directory (all written by the host unless noted):
   done-<name>          agent: own flows all resolved          (agent)
   counters-<name>.json agent: ttnet counters at exit          (agent)
   outcome-<name>.json  agent: what became of its own messages (agent)
+  apps/                the app files the plan names (copied by the host)
+  <name>/              the program's TTNET_RUN_DIR                  (program)
+  logs/program-<name>.log  the program's stdout and stderr          (agent)
 
 outcome-<name>.json counts this ensemble's own messages as ``sent``,
 ``completed`` (``after`` fired), ``failed`` (``on_failure`` fired),
@@ -29,6 +32,17 @@ failed + unresolved + not_sent) and ``problems``: up to
 makes the exit code 3. Callbacks that fire after the end time are still
 logged as events but do not change the outcome.
 
+An ensemble may also run an app (plan ``apps``: a file of the results
+directory and a function, see :mod:`testbed.spec.app`) inside this
+process, on one thread of its own, sharing the agent's TTNetwork; and a
+program (plan ``programs``: a command line run by ``/bin/sh -c`` from
+plan ``workdir``, with TTNET_ENSEMBLE, TTNET_BIND, TTNET_ROUTES,
+TTNET_RUN_DIR and TTNET_DURATION set; port ``program_port``). Both start
+at the start time; at ``duration_s`` the app gets no more callbacks and a
+program still running is stopped (SIGTERM, then SIGKILL after
+PROGRAM_GRACE_S). The program's output goes to ``logs/program-<name>.log``;
+its exit code is in outcome-<name>.json under ``program``.
+
 Exit codes:
   0  every ensure=True message this ensemble sources completed, and every
      message (best effort too) was sent and resolved before the end time;
@@ -38,20 +52,30 @@ Exit codes:
   3  an ensure=True message failed, was unresolved at the end time or was
      never sent; or a best-effort message was never sent or unresolved
      (the run ended before its flows did)
+  4  the program exited with a non-zero code before the duration, or the
+     app raised in a callback (counted in outcome ``app.errors``)
+  5  the app could not be loaded (before ready: the run reports it)
 """
 from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import logging
+import os
+import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import ttnet
 
 from ttnet import (EngineConfig, TTNetwork, TTNetworkInterfaceType,
                    TTNetworkMessageUDP)
+from testbed.spec.app import MAGIC as APP_MAGIC, AppError, AppRuntime, load_app
 from testbed.spec.events import (Complete, Deliver, EventFile, Fail, MessageRef, Send,
                                  Unknown)
 from testbed.spec.jsonio import read_json, write_json_atomic
@@ -66,7 +90,9 @@ GO_TIMEOUT_S = 180.0
 #: a peer's last ACK isn't lost to a closed port.
 LINGER_S = 0.5
 #: Exit codes (see the module docstring).
-EXIT_OK, EXIT_CRASH, EXIT_NO_GO, EXIT_UNDELIVERED = 0, 1, 2, 3
+EXIT_OK, EXIT_CRASH, EXIT_NO_GO, EXIT_UNDELIVERED, EXIT_PROGRAM, EXIT_APP_LOAD = 0, 1, 2, 3, 4, 5
+#: A program still running at the duration gets SIGTERM, then SIGKILL this much later.
+PROGRAM_GRACE_S = 3.0
 #: At most this many problem messages are listed in outcome-<name>.json.
 MAX_LISTED = 50
 
@@ -165,6 +191,142 @@ def _wait_for(path: Path, deadline: float) -> bool:
     return False
 
 
+class AppLoop:
+    """One thread that runs an app's callbacks in due order, one at a time."""
+
+    def __init__(self, name: str) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"app-{name}", daemon=True)
+        self._thread.start()
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at monotonic time ``when`` (at once if past)."""
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (when, self._seq, fn))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed:
+                    now = time.monotonic()
+                    if self._heap and self._heap[0][0] <= now:
+                        break
+                    wait = self._heap[0][0] - now if self._heap else None
+                    self._cond.wait(wait)
+                if self._closed:
+                    return
+                _, _, fn = heapq.heappop(self._heap)
+            try:
+                fn()
+            except Exception:          # AppRuntime guards app code; this is ours
+                log.exception("app loop callback failed")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(5)
+
+
+class AgentApp(AppRuntime):
+    """An app over this agent's TTNetwork, on real time (see testbed.spec.app)."""
+
+    def __init__(self, net: TTNetwork, loop: AppLoop, start_at: float, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.net, self.loop, self.start_at = net, loop, start_at
+
+    def clock(self) -> float:
+        return time.time() - self.start_at
+
+    def event_time(self) -> float:
+        return time.time()
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> None:
+        self.loop.call_at(time.monotonic() + delay, fn)
+
+    def transmit(self, to: str, payload: bytes, ensure: bool, deadline: float | None,
+                 done: Callable[[bool, str | None], None]) -> None:
+        ip, port = self.net.get_recipient_address(to)
+        self.net.send_message(TTNetworkMessageUDP(ip, port, payload), ensure=ensure,
+                              deadline_s=deadline,
+                              after=lambda _msg: done(True, None),
+                              on_failure=lambda _m, reason: done(False, reason))
+
+
+class Program:
+    """A user's ``run:`` command in this host, from the start time to the duration."""
+
+    def __init__(self, name: str, command: str, workdir: str, env: dict[str, str],
+                 log_path: Path) -> None:
+        self.name, self.command = name, command
+        self.log_path = log_path
+        self.stopped = False
+        self.started = time.time()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=workdir,
+                                     env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_until(self, deadline: float) -> None:
+        """Wait for the program to exit; at ``deadline`` (epoch) stop it."""
+        left = deadline - time.time()
+        try:
+            self.proc.wait(max(0.0, left))
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
+        self.stopped = True
+        for sig, grace in ((signal.SIGTERM, PROGRAM_GRACE_S), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def summary(self) -> dict:
+        code = self.proc.poll()
+        self._log.close()
+        return {"command": self.command, "exit_code": code,
+                "stopped_at_duration": self.stopped,
+                "ran_s": round(time.time() - self.started, 3),
+                "log": str(self.log_path.name)}
+
+    @property
+    def failed(self) -> bool:
+        code = self.proc.poll()
+        return not self.stopped and code not in (0, None)
+
+
+def program_env(name: str, routes: dict[str, str], port: int, duration: float,
+                run_dir: Path) -> dict[str, str]:
+    """The environment a ``run:`` program gets (docs/apps.md)."""
+    ip = routes[name].rsplit(":", 1)[0]
+    others = {peer: f"{addr.rsplit(':', 1)[0]}:{port}"
+              for peer, addr in routes.items() if peer != name}
+    path = str(Path(ttnet.__file__).resolve().parent.parent)
+    py = os.environ.get("PYTHONPATH")
+    return {"TTNET_ENSEMBLE": name, "TTNET_BIND": f"{ip}:{port}",
+            "TTNET_ROUTES": json.dumps(others, sort_keys=True),
+            "TTNET_RUN_DIR": str(run_dir), "TTNET_DURATION": f"{duration:g}",
+            "PYTHONPATH": path + (os.pathsep + py if py else "")}
+
+
 def run(name: str, results: Path) -> int:
     plan = read_json(results / "plan.json")
     port = int(plan["port"])
@@ -173,10 +335,26 @@ def run(name: str, results: Path) -> int:
     matcher = PayloadMatcher(expected_messages(flows, name))
     routes_by_addr: dict[tuple[str, int], str] = {}
     cfg = EngineConfig(**plan.get("engine", {}))
+    duration = float(plan.get("duration_s") or 0.0)
+    app_conf = plan.get("apps", {}).get(name)
+    command = plan.get("programs", {}).get(name)
+    main_fn = None
+    if app_conf is not None:
+        try:
+            main_fn = load_app(results, app_conf["path"], app_conf.get("function", "main"))
+        except AppError as exc:
+            log.error("%s: %s", name, exc)
+            return EXIT_APP_LOAD
+    app: AgentApp | None = None
 
     def on_receive(msg: Any) -> None:
         t = time.time()
         src = routes_by_addr.get(tuple(msg.address), f"{msg.address[0]}:{msg.address[1]}")
+        if app is not None:
+            payload = msg.payload
+            if payload[:len(APP_MAGIC)] == APP_MAGIC:
+                app.loop.call_at(0.0, lambda: app.deliver(src, payload))
+                return
         m = matcher.match(src, msg.payload)
         if m is None:
             events.write(Unknown(src, name, len(msg.payload), t))
@@ -188,6 +366,8 @@ def run(name: str, results: Path) -> int:
     net = TTNetwork(name, TTNetworkInterfaceType.UDP_IP, ip_addr=bind, port=port,
                     receiver_function=on_receive, config=cfg,
                     auth_key=plan.get("auth_key"))
+    loop: AppLoop | None = None
+    program: Program | None = None
     try:
         (results / f"ready-{name}").touch()
         if not _wait_for(results / "go.json", time.time() + GO_TIMEOUT_S):
@@ -203,7 +383,33 @@ def run(name: str, results: Path) -> int:
         start_at, end_at = float(go["start_at"]), float(go["end_at"])
         mine = [(fi, f) for fi, f in enumerate(flows) if f["src"] == name]
         outcome = Outcome()
+        if main_fn is not None:
+            loop = AppLoop(name)
+            app = AgentApp(net, loop, start_at, name=name, peers=tuple(plan["ensembles"]),
+                           duration=duration, emit=events.write_record,
+                           seed=int(plan.get("seed", 1)),
+                           on_sent=lambda ref: outcome.sent(ref.flow, ref.msg, ref.ensure),
+                           on_resolved=lambda ref, ok, why: outcome.resolved(
+                               ref.flow, ref.msg, ok, why))
+            main = main_fn
+            loop.call_at(time.monotonic() + max(0.0, start_at - time.time()),
+                         lambda: app.start(main))
+        if command:
+            time.sleep(max(0.0, start_at - time.time()))
+            run_dir = results / name
+            run_dir.mkdir(exist_ok=True)
+            env = program_env(name, go["routes"], int(plan["program_port"]), duration,
+                              run_dir)
+            program = Program(name, command, plan.get("workdir") or str(results), env,
+                              results / "logs" / f"program-{name}.log")
         _send_flows(net, mine, events, start_at, end_at, outcome)
+        if program is not None:
+            program.wait_until(min(start_at + duration, end_at))
+        if app is not None:
+            while time.time() < min(start_at + duration, end_at) and not app.stopped:
+                time.sleep(0.05)
+            if not outcome.wait_resolved(end_at):
+                log.warning("run ended with app sends unresolved")
         outcome.freeze()
         (results / f"done-{name}").touch()
         everyone = [f"done-{e}" for e in plan["ensembles"]]
@@ -212,15 +418,29 @@ def run(name: str, results: Path) -> int:
         time.sleep(LINGER_S)
         write_json_atomic(results / f"counters-{name}.json", net.counters)
         summary = outcome.summary(name)
+        if program is not None:
+            summary["program"] = program.summary()
+            if program.failed and summary["exit_code"] == EXIT_OK:
+                summary["exit_code"] = EXIT_PROGRAM
+        if app is not None:
+            summary["app"] = {"errors": app.errors}
+            if app.errors and summary["exit_code"] == EXIT_OK:
+                summary["exit_code"] = EXIT_PROGRAM
         write_json_atomic(results / f"outcome-{name}.json", summary)
         if summary["exit_code"] != EXIT_OK:
-            log.warning("%s: %d ensure=True message(s) failed, unresolved or not sent; "
-                        "best effort: %d unresolved, %d not sent; first: %s", name,
+            log.warning("%s: exit %d: %d ensure=True message(s) failed, unresolved or not "
+                        "sent; best effort: %d unresolved, %d not sent; first: %s; "
+                        "program: %s; app: %s", name, summary["exit_code"],
                         summary["ensure_failures"], summary["best_effort"]["unresolved"],
-                        summary["best_effort"]["not_sent"], summary["problems"][:3])
+                        summary["best_effort"]["not_sent"], summary["problems"][:3],
+                        summary.get("program"), summary.get("app"))
         return summary["exit_code"]
     finally:
+        if program is not None:
+            program.stop()
         net.close()
+        if loop is not None:
+            loop.close()
         events.close()
 
 

@@ -78,7 +78,8 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
 
     Raises NotAnEmulatedRun for a simulated run directory or a directory
     without an emulated run's files."""
-    from testbed.analysis.compare import compare, delay_floor_violations, plot_cdfs, write_report
+    from testbed.analysis.compare import (compare, delay_floor_violations, plot_cdfs,
+                                          record_comparison, write_report)
     from testbed.analysis.fidelity import judge
     from testbed.simulate.host import HostModel
     from testbed.simulate.simulator import REPLICATIONS, run_simulation
@@ -111,11 +112,17 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
     floor = delay_floor_violations(topo, emu)
     by_name = {f.name: f for f in topo.flows}
 
+    ends = {r.flow: (r.emu.src or r.sim.src, r.emu.dst or r.sim.dst) for r in rows}
+
     def in_target(flow_name: str) -> bool:
-        # A message crosses both directions (REQ out, ACK_START back).
+        # A message crosses both directions (REQ out, ACK_START back). App
+        # flows are not in the topology: their ends come from the events.
         f = by_name.get(flow_name)
-        return f is not None and min(topo.link(f.src, f.dst).delay_s,
-                                     topo.link(f.dst, f.src).delay_s) >= FIDELITY_MIN_DELAY_S
+        src, dst = (f.src, f.dst) if f is not None else ends.get(flow_name, ("", ""))
+        if src not in topo.ensembles or dst not in topo.ensembles:
+            return False
+        return min(topo.link(src, dst).delay_s,
+                   topo.link(dst, src).delay_s) >= FIDELITY_MIN_DELAY_S
 
     cal_backend = (calibration or {}).get("backend")
     notes = [f"emulated on {emu_meta.get('backend', '?')} with impairments via "
@@ -143,8 +150,9 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
         structural = [f"impairment not applied: {p}" for p in floor]
         verdict = judge(judged, replicated, structural)
     plots = plot_cdfs(rows, run_dir, title=topo.name)
+    records = record_comparison(emu, sim, int(sim_meta.get("replications") or 1))
     report = write_report(run_dir, rows, plots, notes, verdict=verdict,
-                          title=f"{topo.name}: emulated vs simulated")
+                          title=f"{topo.name}: emulated vs simulated", records=records)
     (run_dir / "verdict.json").write_text(json.dumps(
         verdict_summary(verdict), indent=1, sort_keys=True))
     return rows, verdict, report

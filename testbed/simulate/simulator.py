@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from testbed.simulate.host import HostModel, load_calibration
+from testbed.spec.app import AppRuntime, load_app, pack_apps
 from testbed.spec.events import (Complete, Deliver, Fail, MessageRef, Send, Unknown,
                                  write_records)
 from testbed.spec.model import Topology
@@ -28,6 +29,30 @@ from testbed.spec.topology import topology_to_yaml
 
 
 log = logging.getLogger(__name__)
+
+class SimApp(AppRuntime):
+    """An app over the simulated interface, on simulated time (testbed.spec.app)."""
+
+    def __init__(self, env, iface, **kw) -> None:
+        super().__init__(**kw)
+        self.env, self.iface = env, iface
+
+    def clock(self) -> float:
+        return self.env.now
+
+    def event_time(self) -> float:
+        return self.env.now
+
+    def schedule(self, delay: float, fn) -> None:
+        self.env.timeout(delay).callbacks.append(lambda _event: fn())
+
+    def transmit(self, to: str, payload: bytes, ensure: bool, deadline: float | None,
+                 done) -> None:
+        from ttnet import TTNetworkMessageSim
+        self.iface.send(TTNetworkMessageSim(to, payload), ensure=ensure, deadline_s=deadline,
+                        after=lambda _msg: done(True, None),
+                        on_failure=lambda _m, reason: done(False, reason))
+
 
 def simulate_host(topology: Topology, host: HostModel, seed: int | None = None,
                   engine_overrides: dict | None = None) -> tuple[list[dict], dict]:
@@ -46,7 +71,7 @@ def model_version() -> str:
     spec = here.parent.parent / "spec"
     for path in sorted(Path(ttnet.__file__).parent.glob("*.py")) + [
             here, here.with_name("host.py"), spec / "payloads.py", spec / "events.py",
-            spec / "plan.py"]:
+            spec / "plan.py", spec / "app.py"]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -84,10 +109,14 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
     flows = flows_plan(topology)
     events: list[dict] = []
     ifaces = {}
+    apps: dict[str, SimApp] = {}
     for name in topology.ensembles:
         matcher = PayloadMatcher(expected_messages(flows, name))
 
         def on_receive(msg, name=name, matcher=matcher):
+            app = apps.get(name)
+            if app is not None and app.deliver(msg.address, msg.payload):
+                return
             m = matcher.match(msg.address, msg.payload)
             if m is None:
                 events.append(Unknown(msg.address, name, len(msg.payload), env.now).record())
@@ -114,8 +143,16 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
 
     for fi, f in enumerate(flows):
         env.process(sender(fi, f))
+    for name, conf in topology.apps.items():
+        main = load_app(topology.base_dir or ".", conf.app_path or "", conf.app_function)
+        app = apps[name] = SimApp(env, ifaces[name], name=name, peers=topology.ensembles,
+                                  duration=topology.duration_s or 0.0, emit=events.append,
+                                  seed=seed)
+        app.start(main)
     env.run(until=topology.expected_duration_s() + 5.0)
     counters = {n: i.counters for n, i in ifaces.items()}
+    for name, app in apps.items():
+        counters[name]["app_errors"] = app.errors
     counters["_links"] = {"dropped": net.dropped, "duplicated": net.duplicated,
                           "corrupted": net.corrupted}
     return events, counters
@@ -176,7 +213,7 @@ def run_simulation(topology: Topology, out_dir: Path | None = None,
     wall = time.perf_counter() - t0
     sim_span = (topology.expected_duration_s() + 5.0) * replications
     write_records(out_dir / "events-sim.jsonl", events)
-    (out_dir / "topology.yaml").write_text(topology_to_yaml(topology))
+    (out_dir / "topology.yaml").write_text(topology_to_yaml(pack_apps(topology, out_dir)))
     meta = {"kind": "simulated", "topology": topology.name, "backend": "sim",
             "seed": base_seed, "replications": replications, "host_cost_s": host_cost_s,
             "hop_latency_s": hop_latency_s, "host_model": host.key(),

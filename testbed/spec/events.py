@@ -141,7 +141,11 @@ class EventFile:
         self._lock = threading.Lock()
 
     def write(self, event: Event) -> None:
-        line = dumps(event) + "\n"
+        self.write_record(event.record())
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        """An already-built record (e.g. an app's ``record`` event)."""
+        line = json.dumps(record, separators=(",", ":")) + "\n"
         with self._lock:
             self._f.write(line)
 

@@ -50,6 +50,46 @@ class Flow:
     start_s: float = 0.0
 
 
+#: After ``duration``, apps get no more callbacks but their sends already
+#: made may still take this long to resolve (the default ensure=True deadline).
+APP_DRAIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """What one ensemble runs besides the synthetic flows.
+
+    run: a command line, executed by ``/bin/sh -c`` inside the ensemble's
+    host from the topology file's directory (see docs/apps.md for its
+    environment). app: ``path/to/file.py`` or ``path/to/file.py:function``
+    (default function ``main``), relative to the topology file's directory:
+    an app written against :mod:`testbed.spec.app`, run over UDP in
+    emulation and over the simulated network in ``simulate``.
+    """
+
+    run: str | None = None
+    app: str | None = None
+
+    @property
+    def app_path(self) -> str | None:
+        """The app's file (without ``:function``)."""
+        if self.app is None:
+            return None
+        path, _, _ = self._split()
+        return path
+
+    @property
+    def app_function(self) -> str:
+        return self._split()[2] or "main"
+
+    def _split(self) -> tuple[str, str, str]:
+        app = self.app or ""
+        head, sep, tail = app.rpartition(":")
+        if sep and tail.isidentifier() and head.endswith(".py"):
+            return head, sep, tail
+        return app, "", ""
+
+
 @dataclass(frozen=True)
 class Topology:
     name: str
@@ -61,6 +101,27 @@ class Topology:
     auth_key: str | None = None
     # Free text shown by `list`/reports; no effect on the experiment.
     description: str = ""
+    #: Ensembles that run a program or an app (absent: synthetic flows only).
+    settings: dict[str, EnsembleSettings] = field(default_factory=dict)
+    #: Planned run length for programs and apps (None: the flows decide).
+    duration_s: float | None = None
+    #: The directory holding the topology file: ``run`` commands start
+    #: there and ``app`` paths are relative to it. Not part of the model's
+    #: identity (two equal files in two places are the same experiment).
+    base_dir: str | None = field(default=None, compare=False)
+
+    def settings_of(self, name: str) -> EnsembleSettings:
+        return self.settings.get(name, EnsembleSettings())
+
+    @property
+    def programs(self) -> dict[str, str]:
+        """``run:`` command lines by ensemble."""
+        return {n: s.run for n, s in self.settings.items() if s.run}
+
+    @property
+    def apps(self) -> dict[str, EnsembleSettings]:
+        """Ensembles with an ``app:``."""
+        return {n: s for n, s in self.settings.items() if s.app}
 
     def link(self, src: str, dst: str) -> LinkSpec:
         """The impairments of the directed link src -> dst."""
@@ -70,4 +131,6 @@ class Topology:
         """Latest moment a flow may still be busy: last send + its deadline."""
         ends = [f.start_s + f.interval_s * max(f.count - 1, 0) + f.deadline_s
                 for f in self.flows]
+        if self.duration_s is not None:
+            ends.append(self.duration_s + (APP_DRAIN_S if self.apps else 0.0))
         return max(ends, default=0.0)

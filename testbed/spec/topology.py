@@ -5,19 +5,22 @@ units, defaults and every validation rule. It is pure: it reads text, builds
 frozen dataclasses, and never creates hosts, links or processes, so a bad
 file stops an experiment before anything is started.
 
-The fields of a file are declared once, in ``TOP_FIELDS``, ``LINK_FIELDS``
-and ``FLOW_FIELDS`` (``Field`` rows). The loader takes allowed and required
-keys, defaults and value kinds from them, and ``testbed.spec.schema``
-generates ``topologies/topology.schema.json`` from them: add a field here,
-never in a second list.
+The fields of a file are declared once, in ``TOP_FIELDS``, ``LINK_FIELDS``,
+``FLOW_FIELDS`` and ``ENSEMBLE_FIELDS`` (``Field`` rows). The loader takes
+allowed and required keys, defaults and value kinds from them, and
+``testbed.spec.schema`` generates ``topologies/topology.schema.json`` from
+them: add a field here, never in a second list.
 
 API:
 
-- ``load_topology(path)`` / ``load_topology_text(text, source_name)`` ->
-  ``Topology``. Every mistake raises ``TopologyError``, one line:
-  ``file:line:column: entry: problem. Fix: how``. Warnings are logged on
-  the ``testbed.spec.topology`` logger at WARNING level.
-- ``check_topology(path)`` / ``check_topology_text(text, source_name)`` ->
+- ``load_topology(path)`` / ``load_topology_text(text, source_name,
+  base_dir=None)`` -> ``Topology``. Every mistake raises ``TopologyError``,
+  one line: ``file:line:column: entry: problem. Fix: how``. Warnings are
+  logged on the ``testbed.spec.topology`` logger at WARNING level. The
+  ``Topology.base_dir`` is the file's directory (``load_topology``) or the
+  ``base_dir`` given; when it is known, ``app:`` files must exist in it.
+- ``check_topology(path)`` / ``check_topology_text(text, source_name,
+  base_dir=None)`` ->
   ``(Topology, [TopologyWarning])``: the same, but the warnings are returned
   (not logged) for a caller that prints them itself. A warning is a doubt,
   never a failure: a bare fraction as a percentage (``loss: 0.02``), jitter
@@ -29,15 +32,16 @@ API:
 """
 from __future__ import annotations
 
+import keyword
 import logging
 import re
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, NamedTuple
 
 import yaml
 
-from testbed.spec.model import Flow, LinkSpec, Topology
+from testbed.spec.model import EnsembleSettings, Flow, LinkSpec, Topology
 from testbed.spec.units import (UnitError, format_duration, format_percent,
                                 format_rate, format_size, parse_duration,
                                 parse_percent, parse_rate, parse_size,
@@ -59,6 +63,12 @@ ENSEMBLE_NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_-]{0,31}"
 FLOW_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
 ENSEMBLE_NAME = re.compile(ENSEMBLE_NAME_PATTERN)
 FLOW_NAME = re.compile(FLOW_NAME_PATTERN)
+# An ensemble's app: 'path/to/file.py' or 'path/to/file.py:function'. The
+# function pattern reads alike in Python and ECMA-262 (the schema's regex
+# dialect): an ASCII identifier, or any non-ASCII character, since Python
+# identifiers may have non-ASCII letters (the loader checks str.isidentifier).
+APP_FUNCTION_PATTERN = r"(?:[A-Za-z_]|[^\x00-\x7f])(?:[A-Za-z0-9_]|[^\x00-\x7f])*"
+APP_PATTERN = rf"(?:.*/)?[^/]+\.py(?::{APP_FUNCTION_PATTERN})?"
 # A links key is 'a->b' (one direction) or 'a<->b' (both); longest first.
 LINK_SEPARATORS = ("<->", "->")
 # A flow gives exactly one of these.
@@ -96,7 +106,7 @@ UNIT_KINDS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
 # Every kind a Field may have; testbed.spec.schema has one schema per kind.
 # An empty value (null) of kind link, links or flows means "none given".
 KINDS = (*UNIT_KINDS, "text", "secret", "name", "integer", "boolean",
-         "ensemble", "ensembles", "sizes", "link", "links", "flows")
+         "ensemble", "ensembles", "sizes", "link", "links", "flows", "command", "app")
 
 LINK_FIELDS: dict[str, Field] = {f.key: f for f in (
     Field("delay", "duration", "one-way delay", default=0, attr="delay_s"),
@@ -125,12 +135,23 @@ FLOW_FIELDS: dict[str, Field] = {f.key: f for f in (
           default="30s", positive=True),
     Field("start", "duration", "first send, from the experiment start", default=0),
 )}
+# The settings of one ensemble in the mapping form of ensembles:.
+ENSEMBLE_FIELDS: dict[str, Field] = {f.key: f for f in (
+    Field("run", "command", "command line run by /bin/sh -c in the ensemble's host, "
+          "from the topology file's directory (docs/apps.md)"),
+    Field("app", "app", "'path/to/file.py' or 'path/to/file.py:function' (default "
+          "main), relative to the topology file's directory (docs/apps.md)"),
+)}
 TOP_FIELDS: dict[str, Field] = {f.key: f for f in (
     Field("name", "name", "topology name; default: the file name without .yaml"),
     Field("description", "text", "free text shown in lists and reports", default=""),
     Field("seed", "integer", "seeds loss/jitter draws and the simulator", default=1),
     Field("auth_key", "secret", "shared key for authenticated packets"),
-    Field("ensembles", "ensembles", "unique ensemble names", required=True),
+    Field("ensembles", "ensembles", "unique ensemble names, or a mapping from "
+          "ensemble name to its settings ({run: ..., app: ...}, {} or empty for none)",
+          required=True),
+    Field("duration", "duration", "planned run length of programs and apps; "
+          "required when an ensemble has run: or app:", positive=True),
     Field("defaults", "link", "every link not listed in links (all zero if absent)"),
     Field("links", "links", "per-pair overrides laid over defaults: "
           "'a->b' one direction, 'a<->b' both"),
@@ -335,10 +356,12 @@ def _misread_problem(text: str, value: Any, what: str) -> str:
 # --- validation ----------------------------------------------------------------
 
 class _Reader:
-    """Validation context for one file: its name for messages, the warnings."""
+    """Validation context for one file: its name for messages, the directory
+    ``app:`` paths are relative to (None: unknown, not checked), the warnings."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, base_dir: str | None = None) -> None:
         self.source = source
+        self.base_dir = base_dir
         self.warnings: list[TopologyWarning] = []
 
     def fail(self, entry: str, problem: str, fix: str,
@@ -429,6 +452,17 @@ class _Reader:
                 raise self.fail(entry, f"{_as_written(raw, at)} is not a valid name",
                                 "use letters, digits, '-', '_', '.', ':' (max 64)", at)
             return raw
+        if field.kind == "command":
+            if not isinstance(raw, str) and at is not None and at.text:
+                raise self.fail(entry, _misread_problem(at.text, raw, "a command line"),
+                                f"quote it: '{at.text}'", at)
+            if not isinstance(raw, str) or not raw.strip():
+                raise self.fail(entry, f"{_as_written(raw, at)} is not a command line",
+                                f"write the command to run, e.g. {key}: python3 sensor.py",
+                                at)
+            return raw
+        if field.kind == "app":
+            return self.app(raw, entry, at)
         raise AssertionError(f"field {key!r} of kind {field.kind!r} is not a scalar")
 
     def link(self, value: Any, entry: str, base: LinkSpec, at: _Loc | None) -> LinkSpec:
@@ -448,34 +482,95 @@ class _Reader:
                       "keep jitter <= delay (docs/topologies.md, Links)", at)
         return result
 
-    def ensembles(self, doc: dict) -> tuple[str, ...]:
+    def app(self, raw: Any, entry: str, at: _Loc | None) -> str:
+        """An ``app:`` value: ``path.py`` or ``path.py:function``, relative,
+        and (when the base directory is known) an existing file."""
+        example = "app: apps/pipeline.py or app: apps/pipeline.py:edge"
+        if not isinstance(raw, str) and at is not None and at.text:
+            raise self.fail(entry, _misread_problem(at.text, raw, "a file name"),
+                            f"quote it: '{at.text}'", at)
+        if not isinstance(raw, str) or not raw:
+            raise self.fail(entry, f"{_as_written(raw, at)} is not an app",
+                            f"write e.g. {example}", at)
+        path, function = raw, None
+        if not raw.endswith(".py") and ":" in raw:
+            path, _, function = raw.rpartition(":")
+        if PurePosixPath(path).suffix != ".py":
+            raise self.fail(entry, f"app file {path!r} does not end in .py",
+                            f"name a Python file, e.g. {example}", at)
+        if function is not None and (not function.isidentifier()
+                                     or keyword.iskeyword(function)):
+            raise self.fail(entry, f"{function!r} is not a Python function name",
+                            "after ':' name a function of the file (letters, digits, "
+                            "'_', not starting with a digit), or leave ':function' "
+                            "out to call main", at)
+        if PurePosixPath(path).is_absolute():
+            raise self.fail(entry, f"app file {path!r} is an absolute path",
+                            "make it relative to the topology file's directory, so "
+                            "the run directory can carry a copy", at)
+        if self.base_dir is not None and not (Path(self.base_dir) / path).is_file():
+            raise self.fail(entry, f"app file {path!r} not found in {self.base_dir}",
+                            "give the path relative to the topology file's directory",
+                            at)
+        return raw
+
+    def ensemble_name(self, name: Any, entry: str, where: _Loc | None,
+                      names: list[str]) -> str:
+        text = _misread(name, where, ENSEMBLE_NAME)
+        if text is not None:
+            raise self.fail(entry, _misread_problem(text, name, "a name"),
+                            f"quote it: '{text}'", where)
+        if not isinstance(name, str):
+            raise self.fail(entry, f"{_as_written(name, where)} is not a name "
+                            f"(YAML read it as {type(name).__name__} {name!r})",
+                            "pick a name starting with a letter", where)
+        if not ENSEMBLE_NAME.fullmatch(name):
+            raise self.fail(entry, f"{name!r} is not a valid ensemble name",
+                            "start with a letter; use letters, digits, "
+                            "'-' or '_'; at most 32 characters", where)
+        if name in names:
+            raise self.fail(entry, f"duplicate ensemble name {name!r}",
+                            "give every ensemble a different name", where)
+        return name
+
+    def ensemble_settings(self, value: Any, entry: str,
+                          at: _Loc | None) -> EnsembleSettings:
+        """The settings of one ensemble of the mapping form; null is none."""
+        if value is None:
+            return EnsembleSettings()
+        raw = self.mapping(value, entry, ENSEMBLE_FIELDS,
+                           "{run: python3 sensor.py} or {app: apps/pipeline.py:edge}", at)
+        return EnsembleSettings(**{key: self.scalar(ENSEMBLE_FIELDS, raw, key,
+                                                    f"{entry}.{key}") for key in raw})
+
+    def ensembles(self, doc: dict) -> tuple[tuple[str, ...], dict[str, EnsembleSettings]]:
+        """The names, in file order, and the settings of those that have any."""
         value, at = doc["ensembles"], _at(doc, "ensembles")
-        if not isinstance(value, list) or not value:
-            raise self.fail("ensembles", f"expected a non-empty list, got "
-                            f"{_as_written(value, at)}", "write e.g. ensembles: [a, b]", at)
         names: list[str] = []
-        for i, name in enumerate(value):
-            entry, where = f"ensembles[{i}]", _at(value, i)
-            text = _misread(name, where, ENSEMBLE_NAME)
-            if text is not None:
-                raise self.fail(entry, _misread_problem(text, name, "a name"),
-                                f"quote it: '{text}'", where)
-            if not isinstance(name, str):
-                raise self.fail(entry, f"{_as_written(name, where)} is not a name "
-                                f"(YAML read it as {type(name).__name__} {name!r})",
-                                "pick a name starting with a letter", where)
-            if not ENSEMBLE_NAME.fullmatch(name):
-                raise self.fail(entry, f"{name!r} is not a valid ensemble name",
-                                "start with a letter; use letters, digits, "
-                                "'-' or '_'; at most 32 characters", where)
-            if name in names:
-                raise self.fail(entry, f"duplicate ensemble name {name!r}",
-                                "give every ensemble a different name", where)
-            names.append(name)
+        settings: dict[str, EnsembleSettings] = {}
+        if isinstance(value, list) and value:
+            for i, name in enumerate(value):
+                names.append(self.ensemble_name(name, f"ensembles[{i}]", _at(value, i),
+                                                names))
+        elif isinstance(value, dict) and value:
+            # Duplicate keys never get here: the YAML reader refuses them.
+            for key, props in value.items():
+                where = _at(value, key, of_key=True)
+                entry = f"ensembles[{key!r}]" if isinstance(key, str) \
+                    else f"ensembles[{_as_written(key, where)}]"
+                name = self.ensemble_name(key, entry, where, names)
+                names.append(name)
+                item = self.ensemble_settings(props, entry, _at(value, key))
+                if item.run is not None or item.app is not None:
+                    settings[name] = item
+        else:
+            raise self.fail("ensembles", f"expected a non-empty list or mapping, got "
+                            f"{_as_written(value, at)}", "write e.g. ensembles: [a, b], "
+                            "or ensembles: {a: {run: python3 a.py}, b: {}}", at)
         if len(names) < 2:
             self.warn("ensembles", f"only one ensemble ({names[0]}): no link "
                       "can carry a message", "add a second ensemble and a flow to it", at)
-        return tuple(names)
+        return tuple(names), settings
 
     def endpoint(self, name: Any, entry: str, ensembles: tuple[str, ...],
                  at: _Loc | None) -> str:
@@ -579,7 +674,10 @@ class _Reader:
                             "send smaller messages (did you mean KB?)", at)
         return size
 
-    def flows(self, doc: dict, ensembles: tuple[str, ...], top: _Loc) -> tuple[Flow, ...]:
+    def flows(self, doc: dict, ensembles: tuple[str, ...], top: _Loc,
+              programs: bool = False) -> tuple[Flow, ...]:
+        """The flows; ``programs``: some ensemble has run: or app:, which
+        sends by itself, so no flows is no cause for a warning."""
         value, at = doc.get("flows"), _at(doc, "flows")
         if value is None:
             value = []
@@ -587,7 +685,7 @@ class _Reader:
             raise self.fail("flows", f"expected a list, got {_as_written(value, at)}",
                             "write flows as a list of '- from: a ...' items", at)
         flows = [self.flow(value, i, ensembles) for i in range(len(value))]
-        if not flows:
+        if not flows and not programs:
             self.warn("flows", "no flows: nothing is sent, so a run measures nothing",
                       "add a flow, e.g. '- {from: a, to: b, size: 100, count: 100, "
                       "interval: 10ms}'", at or top)
@@ -631,30 +729,43 @@ class _Reader:
         auth_key = self.scalar(TOP_FIELDS, doc, "auth_key", "auth_key") \
             if "auth_key" in doc else None
         description = self.scalar(TOP_FIELDS, doc, "description", "description")
-        ensembles = self.ensembles(doc)
+        ensembles, settings = self.ensembles(doc)
+        duration = self.scalar(TOP_FIELDS, doc, "duration", "duration") \
+            if "duration" in doc else None
+        if settings and duration is None:
+            raise self.fail("ensembles", "ensembles with run: or app: need duration: "
+                            f"({', '.join(settings)})", "add e.g. duration: 30s "
+                            "(how long the programs and apps run)",
+                            _at(doc, "ensembles", of_key=True))
         default = self.link(doc.get("defaults"), "defaults", LinkSpec(),
                             _at(doc, "defaults"))
         return Topology(name=name, ensembles=ensembles, default_link=default,
                         links=self.links(doc, ensembles, default),
-                        flows=self.flows(doc, ensembles, top),
-                        seed=seed, auth_key=auth_key, description=description)
+                        flows=self.flows(doc, ensembles, top, programs=bool(settings)),
+                        seed=seed, auth_key=auth_key, description=description,
+                        settings=settings, duration_s=duration, base_dir=self.base_dir)
 
 
 # --- entry points --------------------------------------------------------------
 
-def check_topology_text(text: str, source_name: str = "<text>"
+def check_topology_text(text: str, source_name: str = "<text>", *,
+                        base_dir: str | Path | None = None
                         ) -> tuple[Topology, list[TopologyWarning]]:
     """Parse and validate topology YAML; return it with its warnings (not
     logged). ``source_name`` appears in messages and its stem is the default
-    topology name. Raises TopologyError."""
-    reader = _Reader(source_name)
+    topology name. ``base_dir`` becomes ``Topology.base_dir``: the directory
+    ``run:`` starts in and ``app:`` paths are relative to; when given, every
+    ``app:`` file must exist there. Raises TopologyError."""
+    reader = _Reader(source_name, None if base_dir is None else str(base_dir))
     topology = reader.topology(text)
     return topology, reader.warnings
 
 
-def load_topology_text(text: str, source_name: str = "<text>") -> Topology:
-    """Parse and validate topology YAML, logging its warnings. Raises TopologyError."""
-    topology, warnings = check_topology_text(text, source_name)
+def load_topology_text(text: str, source_name: str = "<text>", *,
+                       base_dir: str | Path | None = None) -> Topology:
+    """Parse and validate topology YAML, logging its warnings (``base_dir``
+    as for ``check_topology_text``). Raises TopologyError."""
+    topology, warnings = check_topology_text(text, source_name, base_dir=base_dir)
     for warning in warnings:
         log.warning("%s", warning)
     return topology
@@ -673,9 +784,11 @@ def _read(path: Path) -> str:
 
 def check_topology(path: Path) -> tuple[Topology, list[TopologyWarning]]:
     """Read and validate one topology file; return it with its warnings (not
-    logged). Raises TopologyError."""
+    logged). Its ``base_dir`` is the file's absolute directory. Raises
+    TopologyError."""
     path = Path(path)
-    return check_topology_text(_read(path), str(path))
+    return check_topology_text(_read(path), str(path),
+                               base_dir=str(path.resolve().parent))
 
 
 def load_topology(path: Path) -> Topology:
@@ -729,16 +842,43 @@ def _link_yaml(spec: LinkSpec, base: LinkSpec) -> dict[str, Any]:
     return out
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that double-quotes a string holding NEL (U+0085): with
+    allow_unicode, PyYAML writes it raw inside single quotes, where a reader
+    folds it into a space, so the text would not load back equal."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value,
+                                   style='"' if "\x85" in value else None)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def topology_to_yaml(topology: Topology) -> str:
-    """YAML text that ``load_topology_text`` reads back to an equal Topology.
-    Two directions with equal properties are written as one 'a<->b' entry."""
+    """YAML text that ``load_topology_text`` reads back to an equal Topology
+    (given the same ``base_dir``). Two directions with equal properties are
+    written as one 'a<->b' entry; ensembles are a list unless one has
+    settings, then a mapping from name to settings ({} for none)."""
     doc: dict[str, Any] = {"name": topology.name}
     if topology.description:
         doc["description"] = topology.description
     doc["seed"] = topology.seed
     if topology.auth_key is not None:
         doc["auth_key"] = topology.auth_key
-    doc["ensembles"] = list(topology.ensembles)
+    if topology.settings:
+        ensembles: dict[str, Any] = {}
+        for name in topology.ensembles:
+            settings = topology.settings.get(name)
+            ensembles[name] = {} if settings is None else {
+                key: getattr(settings, key) for key in ENSEMBLE_FIELDS
+                if getattr(settings, key) is not None}
+        doc["ensembles"] = ensembles
+    else:
+        doc["ensembles"] = list(topology.ensembles)
+    if topology.duration_s is not None:
+        doc["duration"] = format_duration(topology.duration_s)
     doc["defaults"] = _link_yaml(topology.default_link, LinkSpec())
     links: dict[str, Any] = {}
     done: set[tuple[str, str]] = set()
@@ -768,8 +908,8 @@ def topology_to_yaml(topology: Topology) -> str:
             item["start"] = format_duration(flow.start_s)
         flows.append(item)
     doc["flows"] = flows
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None,
-                          allow_unicode=True, width=100)
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=None,
+                     allow_unicode=True, width=100)
 
 
 # --- finding files -------------------------------------------------------------

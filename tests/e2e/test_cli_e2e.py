@@ -171,3 +171,17 @@ def test_all_interrupted_exits_130_and_leaves_nothing(tmp_path, clean, sig):
     rest = signal_at(proc, "running flows", sig, delay_s=1.0)
     assert proc.returncode == 130, rest
     assert _leftovers() == []
+
+
+@pytest.mark.timeout(180)
+def test_run_exits_1_when_a_program_fails_and_stops_the_one_still_running(tmp_path):
+    done = cli("run", str(DATA / "cli" / "program-fails.yaml"), "--backend", "netns",
+               "--no-compare", "--results", str(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "agents exited with {'a': 4, 'b': 0}" in done.stdout + done.stderr
+    (run,) = (tmp_path / "program-fails").iterdir()
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["outcomes"]["a"]["program"]["exit_code"] == 3
+    assert meta["outcomes"]["b"]["program"]["stopped_at_duration"]
+    assert (run / "logs" / "program-a.log").read_text() == "program of a ran\n"
+    assert not _leftovers()

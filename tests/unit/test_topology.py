@@ -1,6 +1,7 @@
 """Topology files: units, validation messages, warnings, round trip, shipped files."""
 from __future__ import annotations
 
+import keyword
 import logging
 import textwrap
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.spec.model import Flow, LinkSpec, Topology
+from testbed.spec.model import EnsembleSettings, Flow, LinkSpec, Topology
 from testbed.spec.topology import (TopologyError, check_topology, check_topology_text,
                                    find_topology, list_topologies, load_topology,
                                    load_topology_text, scan_topologies, topology_to_yaml)
@@ -30,13 +31,13 @@ flows:
 """
 
 
-def load(text: str) -> Topology:
-    return load_topology_text(textwrap.dedent(text), "test.yaml")
+def load(text: str, base_dir: str | Path | None = None) -> Topology:
+    return load_topology_text(textwrap.dedent(text), "test.yaml", base_dir=base_dir)
 
 
-def error_for(text: str) -> TopologyError:
+def error_for(text: str, base_dir: str | Path | None = None) -> TopologyError:
     with pytest.raises(TopologyError) as info:
-        load(text)
+        load(text, base_dir)
     return info.value
 
 
@@ -329,6 +330,164 @@ def test_load_logs_warnings_and_check_returns_them(tmp_path, caplog):
     assert [str(w) for w in warnings] == logged and caplog.records == []
 
 
+# --- ensemble settings: run, app, duration ---------------------------------
+
+PROGRAMS = """
+ensembles:
+  sensor: {run: python3 sensor.py --rate 10}
+  edge: {app: apps/pipeline.py:edge}
+  cloud: {}
+  store:
+duration: 30s
+"""
+
+
+def app_dir(tmp_path: Path) -> Path:
+    (tmp_path / "apps").mkdir()
+    (tmp_path / "apps" / "pipeline.py").write_text("def edge(node):\n    pass\n")
+    return tmp_path
+
+
+def test_mapping_form_reads_settings_and_duration():
+    t = load(PROGRAMS)
+    assert t.ensembles == ("sensor", "edge", "cloud", "store")
+    assert t.settings == {"sensor": EnsembleSettings(run="python3 sensor.py --rate 10"),
+                          "edge": EnsembleSettings(app="apps/pipeline.py:edge")}
+    assert t.programs == {"sensor": "python3 sensor.py --rate 10"}
+    assert t.apps["edge"].app_path == "apps/pipeline.py"
+    assert t.apps["edge"].app_function == "edge"
+    assert t.settings_of("cloud") == t.settings_of("store") == EnsembleSettings()
+    assert t.duration_s == 30.0 and t.base_dir is None
+
+
+def test_run_and_app_together_and_app_without_function(tmp_path):
+    t = load("""
+        ensembles:
+          a: {run: ./start.sh, app: apps/pipeline.py}
+          b: {}
+        duration: 1.5min
+    """, app_dir(tmp_path))
+    assert t.settings == {"a": EnsembleSettings(run="./start.sh", app="apps/pipeline.py")}
+    assert t.settings["a"].app_function == "main"
+    assert t.duration_s == 90.0 and t.base_dir == str(tmp_path)
+
+
+def test_list_form_is_unchanged_and_duration_alone_is_allowed():
+    t = load(BASE)
+    assert t.settings == {} and t.duration_s is None
+    t = load(BASE + "duration: 10s\n")
+    assert t.settings == {} and t.duration_s == 10.0
+    assert load("ensembles: {a: {}, b: }\n").ensembles == ("a", "b")
+
+
+def test_check_topology_sets_base_dir_to_the_files_directory(tmp_path):
+    path = app_dir(tmp_path) / "p.yaml"
+    path.write_text(textwrap.dedent(PROGRAMS))
+    t, warnings = check_topology(path)
+    assert t.base_dir == str(tmp_path.resolve())
+    assert load_topology(path).base_dir == str(tmp_path.resolve())
+    assert warnings == []
+    # base_dir is not part of the identity: the same file elsewhere is equal.
+    assert t == load_topology_text(textwrap.dedent(PROGRAMS), "p.yaml")
+    assert load_topology_text(BASE, "b.yaml", base_dir=tmp_path).base_dir == str(tmp_path)
+
+
+# PROGRAMS, line by line (1-based; line 1 is empty):
+#   3   sensor: {run: python3 sensor.py --rate 10}
+#   4   edge: {app: apps/pipeline.py:edge}
+@pytest.mark.parametrize("change, entry, fix_hint, line, column", [
+    (("{run: python3", "{runn: python3"), "ensembles['sensor'].runn", "app, run", 3, 12),
+    (("edge: {app:", "edge: {main: x.py, app:"), "ensembles['edge'].main", "remove it", 4, 10),
+    (("run: python3 sensor.py --rate 10", "run: ''"), "ensembles['sensor'].run",
+     "run: python3", 3, 17),
+    (("run: python3 sensor.py --rate 10", "run: '  '"), "ensembles['sensor'].run",
+     "run: python3", 3, 17),
+    (("run: python3 sensor.py --rate 10", "run:"), "ensembles['sensor'].run",
+     "run: python3", 3, 16),
+    (("run: python3 sensor.py --rate 10", "run: yes"), "ensembles['sensor'].run",
+     "quote it: 'yes'", 3, 17),
+    (("apps/pipeline.py:edge", "apps/pipeline.txt"), "ensembles['edge'].app",
+     "Python file", 4, 15),
+    (("apps/pipeline.py:edge", "apps/pipeline:edge"), "ensembles['edge'].app",
+     "Python file", 4, 15),
+    (("apps/pipeline.py:edge", "apps/pipeline.py:1edge"), "ensembles['edge'].app",
+     "function", 4, 15),
+    (("apps/pipeline.py:edge", "'apps/pipeline.py:'"), "ensembles['edge'].app",
+     "function", 4, 15),
+    (("apps/pipeline.py:edge", "apps/pipeline.py:class"), "ensembles['edge'].app",
+     "function", 4, 15),
+    (("apps/pipeline.py:edge", "/abs/pipeline.py"), "ensembles['edge'].app",
+     "relative", 4, 15),
+    (("edge: {app: apps/pipeline.py:edge}", "edge: python3 edge.py"), "ensembles['edge']",
+     "{run: python3", 4, 9),
+    (("cloud: {}", "1cloud: {}"), "ensembles['1cloud']", "start with a letter", 5, 3),
+    (("cloud: {}", "no: {}"), "ensembles['no']", "quote it: 'no'", 5, 3),
+    (("duration: 30s", "duration: 0s"), "duration", "duration > 0", 7, 11),
+    (("duration: 30s", "duration: 30"), "duration", "30s", 7, 11),
+    (("duration: 30s", ""), "ensembles", "duration: 30s", 2, 1),
+])
+def test_bad_settings_name_file_line_entry_and_fix(change, entry, fix_hint, line, column):
+    text = PROGRAMS.replace(*change)
+    assert text != PROGRAMS
+    err = error_for(text)
+    message = str(err)
+    assert (err.line, err.column) == (line, column), message
+    assert message.startswith(f"test.yaml:{line}:{column}: {entry}: "), message
+    assert err.entry == entry, message
+    assert fix_hint in err.fix, message
+    assert "\n" not in message
+
+
+def test_programs_without_duration_name_them():
+    err = error_for(PROGRAMS.replace("duration: 30s", ""))
+    assert err.problem == "ensembles with run: or app: need duration: (sensor, edge)"
+    assert err.fix.startswith("add e.g. duration: 30s")
+
+
+def test_an_app_file_must_exist_when_the_directory_is_known(tmp_path):
+    load(PROGRAMS)                     # no base_dir: not checked
+    load(PROGRAMS, app_dir(tmp_path))  # exists
+    err = error_for(PROGRAMS.replace("pipeline.py:edge", "missing.py:edge"), tmp_path)
+    assert err.entry == "ensembles['edge'].app" and (err.line, err.column) == (4, 15)
+    assert err.problem == f"app file 'apps/missing.py' not found in {tmp_path}"
+    assert "relative to the topology file's directory" in err.fix
+    err = error_for(PROGRAMS.replace("apps/pipeline.py:edge", "apps"), tmp_path)
+    assert "does not end in .py" in err.problem      # a directory is no app
+    path = tmp_path / "sub" / "p.yaml"
+    path.parent.mkdir()
+    path.write_text(textwrap.dedent(PROGRAMS))
+    with pytest.raises(TopologyError, match="not found in"):
+        check_topology(path)                          # relative to the file, not cwd
+
+
+def test_empty_ensembles_mapping_and_duplicate_keys_are_refused():
+    err = error_for("ensembles: {}\n")
+    assert err.entry == "ensembles" and "non-empty list or mapping" in err.problem
+    err = error_for("ensembles:\n  a: {run: x}\n  a: {}\nduration: 1s\n")
+    assert "duplicate key 'a'" in err.problem and (err.line, err.column) == (3, 3)
+
+
+def test_programs_without_flows_do_not_warn_but_a_bare_mapping_does():
+    assert warnings_for(PROGRAMS) == []
+    assert warnings_for(PROGRAMS + "flows: []\n") == []
+    [warning] = warnings_for("ensembles: {a: {}, b: }\nduration: 5s\n")
+    assert warning.startswith("test.yaml:1:1: flows: no flows")
+
+
+def test_round_trip_keeps_settings_duration_and_the_list_form(tmp_path):
+    t = load(PROGRAMS + "flows: [{from: sensor, to: edge, size: 10, count: 1, interval: 0}]",
+             app_dir(tmp_path))
+    text = topology_to_yaml(t)
+    assert "sensor: {run: python3 sensor.py --rate 10}" in text
+    assert "cloud: {}" in text and "duration: 30s" in text
+    back = load_topology_text(text, "other.yaml", base_dir=t.base_dir)
+    assert back == t and back.base_dir == t.base_dir
+    plain = load(BASE + "duration: 2s\n")
+    assert "ensembles: [a, b, c]" in topology_to_yaml(plain)
+    assert load_topology_text(topology_to_yaml(plain), "x.yaml") == plain
+    assert "duration" not in topology_to_yaml(load(BASE))
+
+
 # --- listing ----------------------------------------------------------------
 
 def test_scan_lists_valid_files_and_one_error_per_invalid_file(tmp_path):
@@ -418,6 +577,29 @@ def test_any_valid_topology_survives_yaml_round_trip(default, ab, ba, sizes,
                  links={("a", "b"): ab, ("b", "a"): ba},
                  flows=(Flow("f", "a", "b", tuple(sizes), count, interval, True),))
     assert load_topology_text(topology_to_yaml(t), "h.yaml") == t
+
+
+app_names = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+settings_values = st.builds(
+    EnsembleSettings,
+    run=st.none() | st.text(st.characters(exclude_categories=("Cs",)), min_size=1
+                            ).filter(str.strip),
+    app=st.none() | st.builds(
+        lambda dirs, name, function: "/".join([*dirs, f"{name}.py"]) + (
+            f":{function}" if function else ""),
+        st.lists(app_names | st.just(".."), max_size=2), app_names,
+        st.none() | app_names.filter(lambda n: not keyword.iskeyword(n))))
+
+
+@settings(max_examples=100)
+@given(chosen=st.dictionaries(st.sampled_from(["a", "b", "c"]), settings_values),
+       duration=st.floats(0, 1e4, exclude_min=True), list_form=st.booleans())
+def test_any_settings_and_duration_survive_yaml_round_trip(chosen, duration, list_form):
+    chosen = {n: s for n, s in chosen.items() if s.run is not None or s.app is not None}
+    t = Topology(name="h", ensembles=("a", "b", "c"), default_link=LinkSpec(),
+                 settings={} if list_form else chosen,
+                 duration_s=duration if chosen or list_form else None)
+    assert load_topology_text(topology_to_yaml(t), "h.yaml", base_dir=t.base_dir) == t
 
 
 # --- shipped files ----------------------------------------------------------

@@ -18,11 +18,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.spec.model import Flow, LinkSpec, Topology
+from testbed.spec.model import EnsembleSettings, Flow, LinkSpec, Topology
 from testbed.spec.schema import KIND_SCHEMAS, SCHEMA_FILE, schema_text, topology_schema
-from testbed.spec.topology import (FLOW_FIELDS, KINDS, LINK_FIELDS, TOP_FIELDS, UNIT_KINDS,
-                                   TopologyError, load_topology, load_topology_text,
-                                   topology_to_yaml)
+from testbed.spec.topology import (ENSEMBLE_FIELDS, FLOW_FIELDS, KINDS, LINK_FIELDS,
+                                   TOP_FIELDS, UNIT_KINDS, TopologyError, load_topology,
+                                   load_topology_text, topology_to_yaml)
 
 REPO = Path(__file__).resolve().parents[2]
 TOPO_DIR = REPO / "testbed" / "topologies"
@@ -33,7 +33,7 @@ SCHEMA = topology_schema()
 ANNOTATIONS = {"$schema", "title", "description", "default"}
 VALIDATING = {"$ref", "$defs", "type", "const", "pattern", "minLength", "minimum",
               "maximum", "minItems", "uniqueItems", "items", "properties", "required",
-              "additionalProperties", "propertyNames", "anyOf", "oneOf"}
+              "additionalProperties", "propertyNames", "anyOf", "oneOf", "minProperties"}
 # Keywords draft-07 also has: what the VS Code YAML extension implements.
 DRAFT7 = ANNOTATIONS | VALIDATING - {"$defs"} | {"definitions"}
 
@@ -99,6 +99,8 @@ def errors(instance: Any, schema: dict | bool = SCHEMA, path: str = "$") -> list
             out += errors(item, schema.get("items", True), f"{path}[{i}]")
     if isinstance(instance, dict):
         properties = schema.get("properties", {})
+        if len(instance) < schema.get("minProperties", 0):
+            out.append(f"{path}: fewer than {schema['minProperties']} properties")
         for key in schema.get("required", []):
             if key not in instance:
                 out.append(f"{path}: {key!r} is required")
@@ -159,6 +161,8 @@ def test_every_field_of_the_loader_is_in_the_schema_and_nothing_else():
     assert set(SCHEMA["properties"]) == set(TOP_FIELDS)
     assert set(SCHEMA["$defs"]["link"]["properties"]) == set(LINK_FIELDS)
     assert set(SCHEMA["$defs"]["flow"]["properties"]) == set(FLOW_FIELDS)
+    assert set(SCHEMA["$defs"]["ensemble"]["properties"]) == set(ENSEMBLE_FIELDS)
+    assert "required" not in SCHEMA["$defs"]["ensemble"]
     assert SCHEMA["required"] == ["ensembles"]
     assert SCHEMA["$defs"]["flow"]["required"] == ["from", "to", "count", "interval"]
     assert set(KIND_SCHEMAS) == set(KINDS)
@@ -181,7 +185,7 @@ def test_table_defaults_are_the_model_defaults():
 
 def test_docs_mention_every_field():
     docs = DOCS.read_text(encoding="utf-8")
-    for table in (TOP_FIELDS, LINK_FIELDS, FLOW_FIELDS):
+    for table in (TOP_FIELDS, LINK_FIELDS, FLOW_FIELDS, ENSEMBLE_FIELDS):
         for key in table:
             assert f"{key}:" in docs or f"`{key}`" in docs, key
 
@@ -200,6 +204,14 @@ def test_the_docs_example_loads_and_validates():
     docs = DOCS.read_text(encoding="utf-8")
     example = re.search(r"## Format\n\n```yaml\n(.*?)```", docs, re.S).group(1)
     load_topology_text(example, "edge-cloud.yaml")
+    assert errors(yaml.safe_load(example)) == []
+
+
+def test_the_docs_programs_example_loads_and_validates():
+    docs = DOCS.read_text(encoding="utf-8")
+    example = re.search(r"### Programs and apps.*?```yaml\n(.*?)```", docs, re.S).group(1)
+    t = load_topology_text(example, "programs.yaml")
+    assert set(t.settings) == {"sensor", "edge"} and t.duration_s == 30.0
     assert errors(yaml.safe_load(example)) == []
 
 
@@ -222,6 +234,13 @@ flows:
     ("size: 1200", "size: 200KiB"), ("size: 1200", "sizes: [64, 1.5KB, 1MiB]"),
     ("interval: 100ms", "interval: 100ms, ensure: true, deadline: 2min, start: 0"),
     ("name: f1, ", ""), ("ensembles:", "seed: 3\nauth_key: k\ndescription: d\nensembles:"),
+    ("[a, b, c]", "{a: {run: python3 a.py --rate 10}, b: {}, c: }\nduration: 30s"),
+    ("[a, b, c]", "{a: {app: apps/pipeline.py:edge}, b: {app: b.py, run: ./b.sh}, c: {}}\n"
+                  "duration: 1.5min"),
+    ("[a, b, c]", "{a: {app: 'x.py:défaut'}, b: {app: ../up/x.py}, c: {run: 'yes'}}\n"
+                  "duration: 2s"),
+    ("[a, b, c]", "\n  a:\n  b: {}\n  c:\nduration: 10s"),
+    ("[a, b, c]", "[a, b, c]\nduration: 10s"),
 ])
 def test_schema_accepts_what_the_loader_accepts(change):
     text = BASE.replace(*change)
@@ -242,6 +261,16 @@ def test_schema_accepts_what_the_loader_accepts(change):
     ("count: 50", "count: '50'"), ("size: 1200", "size: 0"), ("size: 1200", "size: 100000000"),
     ("interval: 100ms", "interval: 100ms, ensure: 'yes'"), ("[a, b, c]", "[]"),
     ("flows:", "seed: x\nflows:"),
+    ("[a, b, c]", "{}"), ("[a, b, c]", "{a: {runn: x}, b: {}, c: {}}\nduration: 1s"),
+    ("[a, b, c]", "{a: {run: ''}, b: {}, c: {}}\nduration: 1s"),
+    ("[a, b, c]", "{a: {run: '  '}, b: {}, c: {}}\nduration: 1s"),
+    ("[a, b, c]", "{a: {app: a.txt}, b: {}, c: {}}\nduration: 1s"),
+    ("[a, b, c]", "{a: {app: 'a.py:1f'}, b: {}, c: {}}\nduration: 1s"),
+    ("[a, b, c]", "{a: {app: 'a.py:'}, b: {}, c: {}}\nduration: 1s"),
+    ("[a, b, c]", "{a: {app: 'a.py:f-g'}, b: {}, c: {}}\nduration: 1s"),
+    ("[a, b, c]", "{a: python3 a.py, b: {}, c: {}}\nduration: 1s"),
+    ("[a, b, c]", "{a: {run: 3}, b: {}, c: {}}\nduration: 1s"),
+    ("[a, b, c]", "{a: {}, b: {}, 1c: {}}"), ("[a, b, c]", "[a, b, c]\nduration: 30"),
 ])
 def test_schema_refuses_shape_errors_the_loader_refuses(change):
     text = BASE.replace(*change)
@@ -257,14 +286,23 @@ link_values = st.builds(
     duplicate=st.floats(0, 1), corrupt=st.floats(0, 1))
 
 
+settings_values = st.builds(
+    EnsembleSettings,
+    run=st.none() | st.text(min_size=1).filter(str.strip),
+    app=st.none() | st.sampled_from(["a.py", "apps/pipeline.py:edge", "x/y.py:main"]))
+
+
 @settings(max_examples=40)
 @given(default=link_values, ab=link_values,
        sizes=st.lists(st.integers(1, 64 * 2**20), min_size=1, max_size=3),
-       interval=st.floats(0, 100), count=st.integers(1, 10**6))
-def test_any_written_topology_validates(default, ab, sizes, interval, count):
+       interval=st.floats(0, 100), count=st.integers(1, 10**6),
+       a=settings_values, duration=st.none() | st.floats(0.001, 1e4))
+def test_any_written_topology_validates(default, ab, sizes, interval, count, a, duration):
+    programs = {"a": a} if a.run or a.app else {}
     t = Topology(name="h", ensembles=("a", "b"), default_link=default,
                  links={("a", "b"): ab},
-                 flows=(Flow("f", "a", "b", tuple(sizes), count, interval, True),))
+                 flows=(Flow("f", "a", "b", tuple(sizes), count, interval, True),),
+                 settings=programs, duration_s=30.0 if programs else duration)
     assert errors(yaml.safe_load(topology_to_yaml(t))) == []
 
 
@@ -276,3 +314,7 @@ def test_jsonschema_agrees_when_installed():
         validator.validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     bad = yaml.safe_load(textwrap.dedent(BASE.replace("delay: 20ms", "delay: 20")))
     assert not validator.is_valid(bad)
+    programs = "{a: {run: python3 a.py}, b: {app: 'x/b.py:edge'}, c: }\nduration: 5s"
+    assert validator.is_valid(yaml.safe_load(BASE.replace("[a, b, c]", programs)))
+    for wrong in ("{a: {app: b.txt}, b: {}, c: {}}", "{a: {runn: x}, b: {}, c: {}}", "{}"):
+        assert not validator.is_valid(yaml.safe_load(BASE.replace("[a, b, c]", wrong)))

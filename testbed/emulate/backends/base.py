@@ -173,6 +173,12 @@ class Backend(ABC):
                 raise BackendError(f"hosts {sorted(waiting)} not ready after {READY_TIMEOUT_S} s")
             time.sleep(0.05)
 
+    def share_dir(self, path: str) -> str:
+        """Make the host directory ``path`` readable inside every host (call
+        before up()); returns where the hosts see it. Namespaces share the
+        file system, so by default it is ``path`` itself."""
+        return str(Path(path).resolve())
+
     def logs(self, name: str) -> str:
         """stdout+stderr of that host's command (also readable after down())."""
         if name not in self.hosts and name not in self._logs:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[3]
 LABEL = "ttnet.run"
 RESULTS_MOUNT = "/results"
+#: Where a topology's directory is mounted read-only (``share_dir``).
+SHARED_MOUNT = "/topology"
 # Parallel create/start calls: enough to hide dockerd's per-call latency on
 # 2 cores, below docker-py's connection pool size (10).
 WORKERS = 8
@@ -113,6 +115,14 @@ class DockerBackend(Backend):
         self._codes: dict[str, int] = {}
         self._run_dir: Path | None = None
         self._down = False
+        self._shared: dict[str, dict[str, str]] = {}
+
+    def share_dir(self, path: str) -> str:
+        """Bind ``path`` read-only at SHARED_MOUNT in every container."""
+        if self._shared:
+            raise BackendError("docker backend shares one directory per run")
+        self._shared[str(Path(path).resolve())] = {"bind": SHARED_MOUNT, "mode": "ro"}
+        return SHARED_MOUNT
 
     def _up(self, topology: Topology, run_dir: Path, command: CommandFn) -> dict[str, Host]:
         if self.image is None:
@@ -139,7 +149,8 @@ class DockerBackend(Backend):
                 environment={"TTNET_RUN": rid, "TTNET_ENSEMBLE": host.name,
                              "TTNET_RESULTS": RESULTS_MOUNT},
                 host_config=api.create_host_config(
-                    binds={str(run_dir): {"bind": RESULTS_MOUNT, "mode": "rw"}},
+                    binds={str(run_dir): {"bind": RESULTS_MOUNT, "mode": "rw"},
+                           **self._shared},
                     network_mode=netname, init=True, auto_remove=False),
                 networking_config=api.create_networking_config(
                     {netname: api.create_endpoint_config(ipv4_address=host.ip)}),
