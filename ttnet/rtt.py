@@ -45,12 +45,12 @@ class RttEstimator:
     @property
     def rto(self) -> float:
         if self.srtt is None:
-            return self.initial_rto_s
+            return self.initial_rto_s * self.scale
         # srtt/8 keeps the RTO above the round trip when the variance has
         # collapsed (fixed-delay links, where only a queue in the receiver
         # host separates a late ACK from a lost packet): without it, every
         # small processing hiccup was a spurious retransmission.
-        rto = self.srtt + max(_GRANULARITY_S, self.srtt / 8, 4 * self.rttvar)
+        rto = (self.srtt + max(_GRANULARITY_S, self.srtt / 8, 4 * self.rttvar)) * self.scale
         return min(max(rto, self.min_rto_s), self.max_rto_s)
 
 
