@@ -1,4 +1,4 @@
-"""``python -m testbed``: list | run | up | down | status | simulate | compare |
+"""``python -m testbed``: list | run | up | set | down | status | simulate | compare |
 power | false-alarms | calibrate | all (``build_parser`` has the user's help).
 
 Exit codes: 0 everything passed; 1 a fidelity verdict FAILed, an agent
@@ -91,8 +91,10 @@ def cmd_run(args) -> int:
         for topo in topologies:
             name = topo.name
             res = run_emulation(topo, args.backend, Path(args.results), progress=say,
-                                monitor=monitor)
+                                monitor=monitor, capture=True if args.capture else None)
             say(f"[{name}] results in {res.run_dir}")
+            if res.meta.get("capture"):
+                say(f"[{name}] packet captures in {res.run_dir / 'capture'} (docs/capture.md)")
             _summarise(res.run_dir)
             if not res.ok:
                 say(f"[{name}] agents exited with {res.meta.get('exit_codes')}; "
@@ -134,21 +136,137 @@ def cmd_up(args) -> int:
                                                      "import time; time.sleep(86400)"],
                            before_start=links)
         say(f"up in {time.monotonic() - t0:.1f}s on {backend.name}, impairments via {impair.engine}")
+        state = _record_up(backend, hosts, topo.name, run_id, run_dir)
         for n, h in hosts.items():
-            print(f"  {n:10s} {h.ip:15s} netns {h.netns_path}")
+            container = state.hosts[n].container
+            print(f"  {n:10s} {h.ip:15s} netns {h.netns_path}"
+                  + (f"  container {container}" if container else ""))
+        say(f"`python -m testbed exec ENSEMBLE -- CMD` or `shell ENSEMBLE` reach a host "
+            f"(--run {run_id} if several `up` are live)")
         say("holding; Ctrl-C (or `python -m testbed down --all` elsewhere) tears down")
         if args.hold:
             # Block them first: sigwait only takes signals that are blocked
             # (unblocked, SIGTERM would kill us before `finally` runs).
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            _hold_serving_set(run_dir, topo, hosts, impair)
     except KeyboardInterrupt:
         pass
     finally:
+        _forget_up(backend)
         impair.close()
         t1 = time.monotonic()
         backend.down()
         say(f"down in {time.monotonic() - t1:.1f}s")
+    return 0
+
+
+def _record_up(backend, hosts: dict, topology: str, run_id: str, run_dir: Path):
+    """Write the state file `exec`/`shell` find this `up` by."""
+    import os
+
+    from testbed.emulate.access import UpState, describe_hosts, write_state
+    state = UpState(run_id=run_id, tag=backend.run_id, backend=backend.name,
+                    topology=topology, pid=os.getpid(), run_dir=str(run_dir.resolve()),
+                    hosts=describe_hosts(backend, hosts))
+    write_state(state)
+    return state
+
+
+def _forget_up(backend) -> None:
+    from testbed.emulate.access import remove_state
+    remove_state(backend.run_id)
+
+
+def _exec_in_host(args, command: list[str], interactive: bool) -> int:
+    """Replace this process with ``command`` run in the host of
+    ``args.ensemble`` of the live `up`: its output streams straight to
+    ours, its exit code is ours, Ctrl-C reaches it alone."""
+    import os
+
+    from testbed.emulate.access import find_up, host_argv
+    state = find_up(args.run)
+    # A terminal on both ends: give the command one (docker exec -t), so
+    # Ctrl-C reaches it, as it does on netns where it shares ours.
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    interactive = interactive or tty
+    argv, env = host_argv(state, args.ensemble, command, interactive=interactive, tty=tty)
+    logging.getLogger(__name__).debug("exec in %s of %s: %s", args.ensemble, state.run_id, argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, {**os.environ, **env})
+    return 0  # not reached
+
+
+def cmd_exec(args) -> int:
+    """Run a command in one host of the live `up`; its exit code is ours."""
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    return _exec_in_host(args, command, interactive=not sys.stdin.isatty() or args.interactive)
+
+
+def cmd_shell(args) -> int:
+    """An interactive shell in one host of the live `up`."""
+    from testbed.emulate.access import shell_command
+    return _exec_in_host(args, shell_command(), interactive=True)
+
+
+def _hold_serving_set(run_dir: Path, topo, hosts: dict, impair) -> None:
+    """Hold until SIGINT/SIGTERM (blocked by the caller), answering
+    `testbed set` requests (testbed.emulate.control) meanwhile."""
+    from testbed.emulate.control import POLL_S, ControlServer, link_setter
+    control = ControlServer(run_dir, link_setter(topo, hosts, impair),
+                            {"topology": topo.name, "ensembles": list(topo.ensembles)})
+    say(f"`python -m testbed set LINK key=value...` changes a link, e.g. "
+        f"set {topo.ensembles[0]}->{topo.ensembles[-1]} delay=80ms loss=5%")
+    try:
+        while signal.sigtimedwait({signal.SIGINT, signal.SIGTERM}, POLL_S) is None:
+            control.poll()
+    finally:
+        control.close()
+
+
+def cmd_set(args) -> int:
+    """Change one link (or both directions) of the live `up`."""
+    from testbed.emulate.control import ControlError, live_ups, request
+    from testbed.spec.topology import parse_assignments
+    if "->" not in args.link:
+        print(f"error: {args.link!r} is not a link. Fix: write 'a->b' or 'a<->b' in quotes "
+              "(unquoted, the shell reads > and < as redirections)", file=sys.stderr)
+        return 2
+    props = parse_assignments(args.assignments)      # TopologyError: exit 2
+    root = Path(args.results)
+    if args.run is not None:
+        run_dir = Path(args.run)
+        if not run_dir.is_dir():
+            matches = [d for d in live_ups(root) if d.name in (args.run, f"{args.run}-up")]
+            if not matches:
+                print(f"error: no live `testbed up` named {args.run!r} under {root}",
+                      file=sys.stderr)
+                return 2
+            run_dir = matches[0]
+    else:
+        ups = live_ups(root)
+        if not ups:
+            print(f"error: no `testbed up` is holding under {root}. Fix: start one with "
+                  "`python -m testbed up TOPOLOGY` (same --results)", file=sys.stderr)
+            return 2
+        if len(ups) > 1:
+            print("error: several `testbed up` are live: "
+                  f"{', '.join(d.name for d in ups)}. Fix: pick one with --run",
+                  file=sys.stderr)
+            return 2
+        run_dir = ups[0]
+    try:
+        reply = request(run_dir, {"op": "set", "link": args.link, "set": props})
+    except ControlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not reply.get("ok"):
+        print(f"error: {reply.get('error')}", file=sys.stderr)
+        return 2
+    for link, now in reply.get("links", {}).items():
+        say(f"{link} now {now.split(' ', 1)[1] if ' ' in now else now}")
     return 0
 
 
@@ -369,6 +487,9 @@ examples:
   python -m testbed simulate lossy            the simulator alone (no root, no Docker)
   python -m testbed compare results/pair/<run-id>
   python -m testbed up star                   hosts and links up until Ctrl-C
+  python -m testbed set hub<->leaf1 delay=80ms loss=5%   change a link of that `up`
+  python -m testbed exec a -- ping -c 1 10.210.0.3   a command in host a of that `up`
+  python -m testbed shell a                   a shell in host a of that `up`
   python -m testbed status                    what ttnet left on this host
   python -m testbed down                      remove leftovers of dead runs
   python -m testbed all                       what `make testbed` runs
@@ -394,7 +515,10 @@ def _setup_errors() -> tuple[type[BaseException], ...]:
         from testbed.emulate.image import ImageError
         from testbed.emulate.impair.rate import ImpairError
         from testbed.emulate.net import SubnetError
-        errors += [BackendError, ImageError, ImpairError, SubnetError]
+        from testbed.emulate.access import AccessError
+        from testbed.emulate.capture import CaptureError
+        errors += [BackendError, ImageError, ImpairError, SubnetError, AccessError,
+                   CaptureError]
     except ImportError:     # a simulate-only install
         pass
     try:
@@ -438,6 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topology", nargs="+", help=TOPOLOGY_HELP)
     p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
     p.add_argument("--no-compare", action="store_true", help="emulate only; no simulation")
+    p.add_argument("--capture", action="store_true",
+                   help="write one pcap per ensemble into the run directory "
+                        "(capture/<ensemble>.pcap; as capture: true in the topology; "
+                        "docs/capture.md)")
     p = cmd("up", cmd_up, "bring a topology's hosts and links up and hold them until Ctrl-C",
             "Bring the hosts and impaired links of a topology up and hold them until Ctrl-C "
             "or SIGTERM, then remove everything. Handy for poking at links by hand.")
@@ -445,6 +573,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
     p.add_argument("--no-hold", dest="hold", action="store_false",
                    help="tear down at once (a smoke test of up and down)")
+    p = cmd("exec", cmd_exec, "run a command in one host of the live `up`",
+            "Run CMD inside the host of ENSEMBLE of the `python -m testbed up` holding "
+            "on this machine (docker: in its container; netns: in its network namespace, "
+            "with this machine's tools). Output streams through; the exit code is CMD's. "
+            "Exit 2 if no `up` is live or it has no such ensemble.")
+    p.add_argument("--run", default=None, metavar="RUN_ID",
+                   help="which `up`, when several are live (its run id, as printed)")
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="pass stdin through (automatic when it is a pipe or file, or "
+                        "when stdin and stdout are a terminal: then CMD gets one too)")
+    p.add_argument("ensemble", help="an ensemble of the live `up`")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...",
+                   help="the command and its arguments, after --")
+    p = cmd("shell", cmd_shell, "an interactive shell in one host of the live `up`",
+            "Start a shell (bash if there is one, else sh) inside the host of ENSEMBLE "
+            "of the live `up`; exit it to leave. Exit code: the shell's.")
+    p.add_argument("--run", default=None, metavar="RUN_ID",
+                   help="which `up`, when several are live (its run id, as printed)")
+    p.add_argument("ensemble", help="an ensemble of the live `up`")
+    p = cmd("set", cmd_set, "change a link of the live `up` while it holds",
+            "Lay link fields over a link of the topology a live `python -m testbed up` "
+            "holds, in place (nothing restarts). Exit 2 on a bad link, field or value, "
+            "or when no `up` is live.")
+    p.add_argument("link", help="'a->b' (one direction) or 'a<->b' (both)")
+    p.add_argument("assignments", nargs="+", metavar="key=value",
+                   help="link fields as in a topology file: delay=80ms jitter=5ms loss=5%% "
+                        "rate=10mbit (or unlimited) duplicate=1%% corrupt=0.1%%")
+    p.add_argument("--run", default=None, metavar="DIR|RUN_ID",
+                   help="the `up` to change (its run directory or name) when several are live")
     p = cmd("down", cmd_down, "remove what dead ttnet runs left behind",
             "Remove containers, networks, namespaces, links and rules of ttnet runs whose "
             "process is gone. Runs still in progress are left alone.")

@@ -19,6 +19,15 @@ host's per-hop latency, a calibrated distribution) + jitter
 (uniform in [-jitter, +jitter], clipped at 0; packets may reorder) -> rate
 FIFO (Ethernet+IP+UDP overhead counted) -> receiver host CPU.
 
+Faults while a simulation runs (the testbed's fault timeline): a link's
+parameters change with :meth:`SimNetwork.set_link` (datagrams already in
+flight keep their arrival time); a host can be paused
+(:meth:`TTNetworkInterfaceSim.pause`: datagrams that arrive are held and
+handled at :meth:`~TTNetworkInterfaceSim.resume`, its timers and sends wait
+until then, as a SIGSTOPped process's socket buffer and threads do) or
+killed (:meth:`~TTNetworkInterfaceSim.kill`: it drops everything and never
+calls back again).
+
 Must never: read the wall clock or global random state (same seed, same
 result), hold protocol logic (that belongs to the engine), or import the
 socket driver :mod:`ttnet.udp`.
@@ -96,7 +105,8 @@ class SimNetwork:
                  links: dict[tuple[Hashable, Hashable], LinkParams] | None = None,
                  seed: int = 1, host_cost_s: float = 0.0, hop_latency_s: float = 0.0,
                  hop_noise_s: "list[float] | tuple[float, ...]" = (),
-                 noise_hold_s: float = 0.001) -> None:
+                 noise_hold_s: float = 0.001,
+                 host_costs: "dict[Hashable, float] | None" = None) -> None:
         self.sim = sim
         self.default = default or LinkParams()
         self._params = dict(links or {})
@@ -104,6 +114,8 @@ class SimNetwork:
         self.rng = random.Random(seed)
         self.seed = seed
         self.host_cost_s = host_cost_s
+        #: Per-host overrides of host_cost_s (a slower, device-like host).
+        self.host_costs: dict[Hashable, float] = dict(host_costs or {})
         #: Fixed extra latency of every datagram that does not occupy a CPU
         #: (wake-ups, an NFQUEUE pass): added in flight, not serialised.
         self.hop_latency_s = hop_latency_s
@@ -128,6 +140,26 @@ class SimNetwork:
             st = _LinkState(self._params.get((src, dst), self.default))
             self._links[(src, dst)] = st
         return st
+
+    def set_link(self, src: Hashable, dst: Hashable, params: LinkParams) -> None:
+        """From now on, datagrams put on src -> dst see ``params``; those
+        already in flight keep their arrival time (and a rate queue its
+        backlog)."""
+        if not isinstance(params, LinkParams):
+            raise TypeError(f"params must be LinkParams, not {type(params).__name__}")
+        self._params[(src, dst)] = params
+        st = self._links.get((src, dst))
+        if st is not None:
+            st.params = params
+
+    def params(self, src: Hashable, dst: Hashable) -> LinkParams:
+        """The parameters in force on src -> dst."""
+        return self._params.get((src, dst), self.default)
+
+    def host_cost(self, name: Hashable) -> float:
+        """CPU seconds per datagram on host ``name``: its override in
+        ``host_costs``, else ``host_cost_s``."""
+        return self.host_costs.get(name, self.host_cost_s)
 
     def attach(self, name: Hashable, iface: "TTNetworkInterfaceSim") -> None:
         if name in self.hosts:
@@ -280,6 +312,10 @@ class TTNetworkInterfaceSim(DriverShell):
         self.name = name
         self._cpu_free = 0.0
         self._wake_at = float("inf")
+        #: "running", "paused" or "killed" (see pause/resume/kill)
+        self.state = "running"
+        self._held: list[tuple[bytes, Hashable]] = []
+        self._waiters: list[Any] = []
         if network is not None:
             self._net = network
             network.attach(name, self)
@@ -316,6 +352,46 @@ class TTNetworkInterfaceSim(DriverShell):
     def counters(self) -> dict[str, int]:
         return dict(self.engine.counters)
 
+    # ------------------------------------------------------------- faults
+    def pause(self) -> None:
+        """Stop handling anything until :meth:`resume`: datagrams that
+        arrive are held, timers and sends wait. No effect once killed."""
+        if self.state == "running":
+            self.state = "paused"
+
+    def resume(self) -> None:
+        """Handle the held datagrams (in arrival order, each costing host
+        CPU), fire the overdue timers, send what waited, and wake whatever
+        waits in :meth:`when_running`."""
+        if self.state != "paused":
+            return
+        self.state = "running"
+        held, self._held = self._held, []
+        for data, src in held:
+            self._on_datagram(data, src)
+        self._wake_at = float("inf")
+        self._pump()
+        waiters, self._waiters = self._waiters, []
+        for ev in waiters:
+            ev.succeed()
+
+    def kill(self) -> None:
+        """Drop everything from now on: held and arriving datagrams,
+        timers, sends; no callback fires again."""
+        self.state = "killed"
+        self._held.clear()
+        self._waiters.clear()
+
+    def when_running(self) -> Any:
+        """A simpy event that fires now if this host runs, at resume if
+        it is paused, never if it was killed."""
+        ev = self.sim.event()
+        if self.state == "running":
+            ev.succeed()
+        elif self.state == "paused":
+            self._waiters.append(ev)
+        return ev
+
     # -------------------------------------------------------------- internals
     def _arrive(self, data: bytes, src: Hashable, at: float) -> None:
         """Schedule a datagram's arrival; the host CPU serialises handling."""
@@ -323,7 +399,11 @@ class TTNetworkInterfaceSim(DriverShell):
         ev.callbacks.append(lambda _e: self._on_datagram(data, src))
 
     def _on_datagram(self, data: bytes, src: Hashable) -> None:
-        cost = self._net.host_cost_s
+        if self.state != "running":
+            if self.state == "paused":
+                self._held.append((data, src))
+            return
+        cost = self._net.host_cost(self.name)
         if cost:
             now = self.sim.now
             done = max(now, self._cpu_free) + cost
@@ -335,14 +415,20 @@ class TTNetworkInterfaceSim(DriverShell):
         self._process(data, src)
 
     def _process(self, data: bytes, src: Hashable) -> None:
+        if self.state != "running":
+            if self.state == "paused":
+                self._held.append((data, src))
+            return
         self.engine.datagram_received(data, src, self.sim.now)
         self._pump()
 
     def _pump(self) -> None:
+        if self.state != "running":
+            return      # resume() pumps (a killed host never does)
         engine, sim, net = self.engine, self.sim, self._net
         now = sim.now
         engine.handle_timers(now)
-        cost = net.host_cost_s
+        cost = net.host_cost(self.name)
         for data, dst in engine.datagrams_to_send(now):
             if cost:
                 self._cpu_free = max(now, self._cpu_free) + cost

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from testbed.spec.model import Topology
 from testbed.analysis.stats import FlowStats, Table, flow_stats, fmt_ms, fmt_ratio
 from testbed.spec.quantiles import percentile
+from testbed.spec.timeline import link_history
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,97 @@ def plot_cdfs(rows: list[FlowComparison], out_dir: Path,
     return paths
 
 
+def _send_latency(events: Iterable[dict[str, Any]], t0: float, replication: int | None
+                  ) -> dict[str, tuple[list[tuple[float, float]], list[float]]]:
+    """Per flow: (send time - t0, latency) of delivered messages and the
+    send times of lost ones; simulated events of one ``replication``."""
+    sends: dict[tuple[str, int], tuple[float, str]] = {}
+    first: dict[tuple[str, int], float] = {}
+    for ev in events:
+        if replication is not None and ev.get("replication", 0) != replication:
+            continue
+        kind = ev.get("event")
+        if kind == "send":
+            sends[(ev["flow"], ev["msg"])] = (float(ev["t"]), ev["flow"])
+        elif kind == "deliver" and ev.get("intact", True):
+            key = (ev["flow"], ev["msg"])
+            first[key] = min(float(ev["t"]), first.get(key, float("inf")))
+    out: dict[str, tuple[list[tuple[float, float]], list[float]]] = {}
+    for key, (t, flow) in sorted(sends.items()):
+        points, lost = out.setdefault(flow, ([], []))
+        if key in first:
+            points.append((t - t0, first[key] - t))
+        else:
+            lost.append(t - t0)
+    return out
+
+
+def plot_timeline(emu_events: Iterable[dict[str, Any]], sim_events: Iterable[dict[str, Any]],
+                  out_dir: Path, emu_t0: float, events: list[tuple[float, str]],
+                  title: str = "latency") -> list[Path]:
+    """Latency over time PNGs for a run with a fault timeline: per flow,
+    each message's one-way latency against its send time (seconds from the
+    start), emulated (dots) and simulated (replication 0, crosses); lost
+    messages as ticks along the bottom; a vertical line at each event
+    (``events``: (time, label)). ``emu_t0`` is the emulated start (epoch
+    seconds). PANELS_PER_PAGE panels a page. Returns the files written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator
+    from matplotlib.transforms import blended_transform_factory
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    emu = _send_latency(emu_events, emu_t0, None)
+    sim = _send_latency(sim_events, 0.0, 0)
+    flows = sorted(set(emu) | set(sim))
+    pages = [flows[i:i + PANELS_PER_PAGE] for i in range(0, len(flows), PANELS_PER_PAGE)]
+    paths: list[Path] = []
+    for n, page in enumerate(pages, 1):
+        cols = min(2, len(page))
+        nrows = -(-len(page) // cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(6.0 * cols, 3.4 * nrows),
+                                 squeeze=False)
+        for ax, flow in zip(axes.flat, page):
+            for side, name, marker, colour in ((emu, "emulated", ".", "C0"),
+                                               (sim, "simulated", "x", "C1")):
+                points, lost = side.get(flow, ([], []))
+                if points:
+                    ax.scatter([p[0] for p in points], [p[1] * 1000 for p in points],
+                               s=10 if marker == "." else 14, marker=marker, color=colour,
+                               linewidths=0.8, label=f"{name} (n={len(points)})")
+                if lost:
+                    bottom = blended_transform_factory(ax.transData, ax.transAxes)
+                    y = 0.02 if name == "emulated" else 0.06
+                    ax.scatter(lost, [y] * len(lost), transform=bottom, marker="|",
+                               s=30, color=colour, alpha=0.7,
+                               label=f"{name}: lost ({len(lost)})")
+            top = blended_transform_factory(ax.transData, ax.transAxes)
+            for t, label in events:
+                ax.axvline(t, color="0.4", linestyle=":", linewidth=1)
+                ax.text(t, 0.98, f" {label}", transform=top, rotation=90, va="top",
+                        ha="left", fontsize="x-small", color="0.3")
+            ax.set_yscale("log")
+            if any(side.get(flow, ([], []))[1] for side in (emu, sim)):
+                lo, hi = ax.get_ylim()      # room at the bottom for the lost ticks
+                ax.set_ylim(lo / 1.8, hi * 1.2)
+            ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+            ax.set_title(flow, fontsize="medium")
+            ax.set_xlabel("send time (s from the start)")
+            ax.set_ylabel("one-way latency (ms)")
+            ax.grid(True, alpha=0.3)
+        for ax in list(axes.flat)[len(page):]:
+            ax.set_visible(False)
+        axes.flat[0].legend(loc="upper right", fontsize="x-small")
+        suffix = f"-{n}" if len(pages) > 1 else ""
+        fig.suptitle(f"{title}: latency over time (dotted: fault timeline events)")
+        paths.append(_save(fig, out_dir / f"latency-time{suffix}.png", plt))
+    return paths
+
+
 def _draw(ax: Any, emu: list[float], sim: list[float], label: str) -> None:
     for values, name, style in ((emu, "emulated", "-"), (sim, "simulated", "--")):
         if values:
@@ -290,7 +382,8 @@ def record_rows(records: list[RecordComparison], title: str = "") -> Table:
 
 def write_report(run_dir: Path, rows: list[FlowComparison], plots: list[Path],
                  notes: list[str], title: str | None = None, verdict: Any = None,
-                 records: list[RecordComparison] | None = None) -> Path:
+                 records: list[RecordComparison] | None = None,
+                 timeline: list[Path] | None = None) -> Path:
     """Write ``run_dir/report.md``: the fidelity verdict first (when given),
     notes, the comparison table and the plots (linked relative to run_dir so
     the directory can be moved). Returns it."""
@@ -316,6 +409,14 @@ def write_report(run_dir: Path, rows: list[FlowComparison], plots: list[Path],
         for plot in plots:
             rel = Path(os.path.relpath(Path(plot).resolve(), run_dir.resolve()))
             lines += [f"![{rel.stem}]({rel.as_posix()})", ""]
+    if timeline:
+        lines += ["## Latency over time", "",
+                  "Each message's one-way latency against its send time, emulated and "
+                  "simulated (replication 0); lost messages are ticks along the bottom; "
+                  "dotted lines are the fault timeline's events.", ""]
+        for plot in timeline:
+            rel = Path(os.path.relpath(Path(plot).resolve(), run_dir.resolve()))
+            lines += [f"![{rel.stem}]({rel.as_posix()})", ""]
     report.write_text("\n".join(lines), encoding="utf-8")
     return report
 
@@ -333,7 +434,9 @@ def delay_floor_violations(topology: Topology, emu_events: Iterable[dict[str, An
         if src not in topology.ensembles or dst not in topology.ensembles or fs.min is None:
             continue
         link = topology.link(src, dst)
-        floor = max(0.0, link.delay_s - link.jitter_s) - slack_s
+        # A fault timeline may lower the delay: the floor is the lowest in force.
+        floor = min(max(0.0, spec.delay_s - spec.jitter_s)
+                    for _, spec in link_history(topology, src, dst)) - slack_s
         if fs.min < floor:
             problems.append(f"{name}: fastest emulated latency {fs.min * 1000:.2f} ms "
                             f"is below the {src}->{dst} link delay "

@@ -1,7 +1,9 @@
 """The ensemble container image, made without any registry.
 
-Owns: building ``ttnet-base:bookworm`` (a debootstrapped Debian rootfs with
-python3, turned into an image with ``docker import``) and the
+Owns: building ``ttnet-base:bookworm-<hash>`` (a debootstrapped Debian rootfs
+with python3 and the hands-on tools of ``BASE_PACKAGES``: ping, ip, tcpdump;
+turned into an image with ``docker import``; ``<hash>`` is of that package
+list, so a base made with other packages is never reused) and the
 ``ttnet-ensemble:<hash>`` image (``docker/Dockerfile`` on top of it, with the
 repo's ``ttnet/`` and ``testbed/`` packages copied in).
 
@@ -24,10 +26,24 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-BASE_TAG = "ttnet-base:bookworm"
+SUITE = "bookworm"
+#: What debootstrap --include adds to minbase: python3 for the agents, and
+#: the tools for `python -m testbed exec|shell` and captures inside a host.
+BASE_PACKAGES = ("python3", "iputils-ping", "iproute2", "tcpdump")
+BASE_REPO = "ttnet-base"
+
+
+def base_tag(packages: tuple[str, ...] = BASE_PACKAGES, suite: str = SUITE) -> str:
+    """The base image's tag: the suite plus a hash of the package list, so a
+    base image made with other packages (an older one without the tools) is
+    never taken for this one: a changed list makes a new base."""
+    key = hashlib.sha256(" ".join([suite, *sorted(packages)]).encode()).hexdigest()[:8]
+    return f"{BASE_REPO}:{suite}-{key}"
+
+
+BASE_TAG = base_tag()
 PRUNE_AFTER_S = 3600
 ENSEMBLE_REPO = "ttnet-ensemble"
-SUITE = "bookworm"
 # Paths dropped from the rootfs: nothing inside the container reads them, and
 # they are most of minbase's size after python3 itself.
 _TRIM = (
@@ -99,7 +115,7 @@ def find_debian_mirror(etc_apt: Path = Path("/etc/apt")) -> str:
     raise ImageError(
         f"no Debian mirror with 'main' for {SUITE} found in {etc_apt}/sources.list or "
         f"{etc_apt}/sources.list.d/*.sources; add one, or build {BASE_TAG} yourself "
-        f"(any image with python3 tagged {BASE_TAG} works)")
+        f"(any image with {', '.join(BASE_PACKAGES)} tagged {BASE_TAG} works)")
 
 
 # --- base image -----------------------------------------------------------
@@ -124,7 +140,8 @@ def _trim_rootfs(root: Path) -> None:
 
 
 def build_base_image(client=None, tag: str = BASE_TAG) -> float:
-    """debootstrap a minimal bookworm with python3 and `docker import` it. Returns seconds taken."""
+    """debootstrap a minimal bookworm with BASE_PACKAGES and `docker import` it.
+    Returns seconds taken."""
     client = _client(client)
     if shutil.which("debootstrap") is None:
         raise ImageError("debootstrap is not installed; run `apt-get install -y debootstrap`")
@@ -132,7 +149,8 @@ def build_base_image(client=None, tag: str = BASE_TAG) -> float:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ttnet-rootfs-") as tmp:
         root = Path(tmp) / "rootfs"
-        cmd = ["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(root), mirror]
+        cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES),
+               SUITE, str(root), mirror]
         log.info("making %s: %s", tag, " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -177,6 +195,7 @@ def _context_files(repo_root: Path) -> list[Path]:
 def content_hash(repo_root: Path) -> str:
     """Short hash of everything that goes into the ensemble image."""
     h = hashlib.sha256()
+    h.update(BASE_TAG.encode() + b"\0")   # a new base (other packages) -> a new image
     for f in _context_files(repo_root):
         h.update(str(f.relative_to(repo_root)).encode() + b"\0")
         h.update(f.read_bytes() + b"\0")

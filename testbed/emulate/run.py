@@ -5,7 +5,9 @@ Owns the order of a run and its results directory
 ``plan.json`` and ``go.json`` (what agents read), ``events-*.jsonl`` (what
 agents wrote), ``meta.json`` (backend, impairment engine, versions, kernel,
 timings, agent exit codes, counters and outcomes -- what became of each
-ensemble's own messages, see :mod:`testbed.guest.agent`) and ``logs/``.
+ensemble's own messages, see :mod:`testbed.guest.agent`; with a fault
+timeline, ``start_at`` and ``events_applied``: each event with the time it
+was applied, see :mod:`testbed.emulate.timeline`) and ``logs/``.
 
 While flows run, an optional ``monitor`` gets a
 :class:`~testbed.emulate.progress.RunProgress` snapshot about every
@@ -91,11 +93,14 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
                   progress: Progress | None = None, engine_overrides: dict | None = None,
                   impair_engine: str | None = None,
                   extra_setup: Callable[[dict], None] | None = None,
-                  monitor: Monitor | None = None) -> RunResult:
+                  monitor: Monitor | None = None, capture: bool | None = None) -> RunResult:
     """Run ``topology`` on a backend and return where its results are.
 
     ``extra_setup(hosts)`` runs after the impairments and before any agent
     starts; whatever it adds inside a host's namespace dies with the host.
+    ``capture`` (default: ``topology.capture``) writes one pcap per
+    ensemble into ``run_dir/capture/`` (:mod:`testbed.emulate.capture`),
+    started right after extra_setup, stopped (SIGINT) before teardown.
     ``monitor(progress)`` is called from a helper thread about every
     MONITOR_INTERVAL_S while the flows run (sent/delivered per flow, counted
     from the growing event files), then once with ``progress.done`` set;
@@ -120,12 +125,15 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
             "duration_s": topology.duration_s, "program_port": PROGRAM_PORT,
             "apps": {n: {"path": c.app_path, "function": c.app_function}
                      for n, c in topology.apps.items()},
-            "programs": topology.programs}
+            "programs": topology.programs,
+            "killed": sorted({e.ensemble for e in topology.events
+                              if getattr(e, "action", None) == "kill"})}
     meta: dict = {"run_id": run_id, "topology": topology.name, "kind": "emulated",
                   "versions": _versions(), "started": time.time(), "seed": topology.seed}
 
     backend = make_backend(backend_name)
     meta["backend"] = backend.name
+    meta["backend_run_id"] = backend.run_id      # its resources' tag (ttnet-<tag>-...)
     if topology.programs:
         if source_dir is None:
             raise ValueError(f"topology {topology.name!r} has run: programs but no "
@@ -135,6 +143,12 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
     impair = Impairments(f"{run_id[-4:]}", seed=topology.seed, engine=impair_engine,
                          log_dir=run_dir / "logs")
     hosts: dict = {}
+    timeline = None
+    # capture: one pcap per ensemble (testbed.emulate.capture); None: as the topology says.
+    pcaps = None
+    if topology.capture if capture is None else capture:
+        from testbed.emulate.capture import Capture
+        pcaps = Capture(run_dir)
 
     def command(host) -> list[str]:
         return ["python3", "-m", "testbed.guest.agent", "--name", host.name,
@@ -144,9 +158,12 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
         t = time.monotonic()
         for h in hs.values():
             egress = {o.ip: topology.link(h.name, o.name) for o in hs.values() if o is not h}
-            impair.apply(h.netns_path, h.ifname, egress, label=h.name)
+            impair.apply(h.netns_path, h.ifname, egress, label=h.name,
+                         later=_later_specs(topology, h.name, hs))
         if extra_setup is not None:
             extra_setup(hs)      # e.g. a test's extra iptables rules in a host
+        if pcaps is not None:    # last: nothing here fails after it has started
+            pcaps.start(hs)      # listening before any agent sends
         meta["impair_s"] = round(time.monotonic() - t, 3)
 
     try:
@@ -164,6 +181,12 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
             "routes": {n: f"{h.ip}:{AGENT_PORT}" for n, h in hosts.items()},
             "start_at": start_at, "end_at": end_at})
         say(f"[{topology.name}] running flows (at most {end_at - time.time():.0f}s)")
+        meta["start_at"] = start_at
+        if topology.events:
+            from testbed.emulate.timeline import TimelineRunner
+            timeline = TimelineRunner(topology, hosts, impair, backend, start_at, end_at,
+                                      say=say)
+            timeline.start()
         timeout_s = end_at - time.time() + 15
         if monitor is None:
             codes = backend.wait(timeout_s=timeout_s)
@@ -172,8 +195,16 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
             codes = watch(lambda: backend.wait(timeout_s=timeout_s), watcher.snapshot, monitor)
         meta["exit_codes"] = codes
         meta["run_s"] = round(time.time() - start_at, 3)
+        if timeline is not None:
+            timeline.stop()
+            meta["events_applied"] = timeline.applied
         meta["impair_stats"] = impair.stats()
     finally:
+        if timeline is not None:       # also on failure: no event after teardown
+            timeline.stop()
+            meta.setdefault("events_applied", timeline.applied)
+        if pcaps is not None:          # complete pcaps, also on failure
+            meta["capture"] = pcaps.stop()
         for name in hosts:
             try:
                 (run_dir / "logs" / f"{name}.log").write_text(backend.logs(name))
@@ -189,6 +220,16 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
         write_json_atomic(run_dir / "meta.json", meta)
         say(f"[{topology.name}] down in {meta['down_s']:.1f}s")
     return RunResult(run_dir, meta)
+
+
+def _later_specs(topology: Topology, name: str, hosts: dict) -> dict:
+    """By destination IP, the specs the fault timeline gives the links
+    from ``name`` later: installed ahead, so each event is one quick call."""
+    from testbed.spec.timeline import link_history
+    if not topology.events:
+        return {}
+    return {o.ip: [spec for _, spec in link_history(topology, name, o.name)[1:]]
+            for o in hosts.values() if o.name != name}
 
 
 def _await_agents(run_dir: Path, topology: Topology, timeout_s: float, backend) -> None:

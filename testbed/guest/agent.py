@@ -11,7 +11,9 @@ than the end time the host gave it, or send anywhere but its routes.
 
 Files in the results directory (all written by the host unless noted):
   plan.json            flows, ensembles, port, auth key, optional
-                       bind {name: "ip"} (default 0.0.0.0) (before start)
+                       bind {name: "ip"} (default 0.0.0.0), killed [names
+                       the fault timeline kills: their events are written
+                       through at once] (before start)
   go.json              routes {name: "ip:port"}, start_at, end_at (epoch s)
   ready-<name>         agent: socket bound, waiting for go   (agent)
   events-<name>.jsonl  agent: send/deliver/complete/fail events (agent)
@@ -331,7 +333,9 @@ def run(name: str, results: Path) -> int:
     plan = read_json(results / "plan.json")
     port = int(plan["port"])
     flows = plan["flows"]
-    events = EventFile(results / f"events-{name}.jsonl")
+    # An ensemble the fault timeline kills writes each event through at once.
+    events = EventFile(results / f"events-{name}.jsonl",
+                       line_buffered=name in plan.get("killed", ()))
     matcher = PayloadMatcher(expected_messages(flows, name))
     routes_by_addr: dict[tuple[str, int], str] = {}
     cfg = EngineConfig(**plan.get("engine", {}))

@@ -150,12 +150,40 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
         structural = [f"impairment not applied: {p}" for p in floor]
         verdict = judge(judged, replicated, structural)
     plots = plot_cdfs(rows, run_dir, title=topo.name)
+    timeline = timeline_plots(run_dir, topo, emu_meta, emu, sim, notes)
     records = record_comparison(emu, sim, int(sim_meta.get("replications") or 1))
     report = write_report(run_dir, rows, plots, notes, verdict=verdict,
-                          title=f"{topo.name}: emulated vs simulated", records=records)
+                          title=f"{topo.name}: emulated vs simulated", records=records,
+                          timeline=timeline)
     (run_dir / "verdict.json").write_text(json.dumps(
         verdict_summary(verdict), indent=1, sort_keys=True))
     return rows, verdict, report
+
+
+def timeline_plots(run_dir: Path, topo, emu_meta: dict, emu: list, sim: list,
+                   notes: list[str]) -> list[Path]:
+    """The latency-over-time plots of a run with a fault timeline (none
+    without one), and a note on when its events were applied."""
+    from testbed.analysis.compare import plot_timeline
+    from testbed.spec.timeline import describe_event
+    if not topo.events:
+        return []
+    start = emu_meta.get("start_at")
+    if start is None:
+        try:
+            start = json.loads((run_dir / "go.json").read_text())["start_at"]
+        except (OSError, ValueError, KeyError):
+            notes.append("fault timeline: the run recorded no start time; "
+                         "no latency-over-time plot")
+            return []
+    applied = emu_meta.get("events_applied") or []
+    failed = [a for a in applied if a.get("error")]
+    late = max((a["t"] - a["at"] for a in applied if "t" in a), default=0.0)
+    notes.append(f"fault timeline: {len(applied)} of {len(topo.events)} events applied in "
+                 f"emulation, at most {late * 1000:.1f} ms after their time"
+                 + (f"; FAILED: {', '.join(a['event'] for a in failed)}" if failed else ""))
+    events = [(e.at_s, describe_event(e)) for e in topo.events]
+    return plot_timeline(emu, sim, run_dir, float(start), events, title=topo.name)
 
 
 #: Above this share of the emulator's measured capacity, queueing inside the

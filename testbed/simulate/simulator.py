@@ -3,7 +3,11 @@
 Owns running a topology in simulated time with ``TTNetworkInterfaceSim`` on
 a ``SimNetwork`` built from the topology's directed links, and writing the
 same event schema and results layout as an emulated run (``t`` is simulated
-seconds from the start). The per-datagram host cost comes from calibration
+seconds from the start). A fault timeline (``topology.events``) is applied
+at its times, as :func:`testbed.spec.timeline.steps` reads it, by the same
+rules as in emulation: link changes with ``SimNetwork.set_link``, pause,
+resume and kill on the ensemble's simulated interface (a paused ensemble's
+flows and app wait; a killed one's stop). The per-datagram host cost comes from calibration
 (see :mod:`testbed.pipelines.calibrate`) and is recorded in ``meta.json``.
 
 Must never: read the wall clock into results or use unseeded randomness:
@@ -44,7 +48,12 @@ class SimApp(AppRuntime):
         return self.env.now
 
     def schedule(self, delay: float, fn) -> None:
-        self.env.timeout(delay).callbacks.append(lambda _event: fn())
+        def fire(_event) -> None:
+            if self.iface.state == "running":
+                fn()
+            elif self.iface.state == "paused":     # a paused process runs nothing
+                self.iface.when_running().callbacks.append(lambda _e: fn())
+        self.env.timeout(delay).callbacks.append(fire)
 
     def transmit(self, to: str, payload: bytes, ensure: bool, deadline: float | None,
                  done) -> None:
@@ -71,18 +80,48 @@ def model_version() -> str:
     spec = here.parent.parent / "spec"
     for path in sorted(Path(ttnet.__file__).parent.glob("*.py")) + [
             here, here.with_name("host.py"), spec / "payloads.py", spec / "events.py",
-            spec / "plan.py", spec / "app.py"]:
+            spec / "plan.py", spec / "app.py", spec / "timeline.py"]:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 
-def sim_links(topology: Topology):
+def link_params(spec):
+    """A topology's LinkSpec as ttnet's LinkParams."""
     from ttnet import LinkParams
+    return LinkParams(delay_s=spec.delay_s, jitter_s=spec.jitter_s, loss=spec.loss,
+                      rate_bps=spec.rate_bps, duplicate=spec.duplicate, corrupt=spec.corrupt)
 
-    def conv(spec) -> "LinkParams":
-        return LinkParams(delay_s=spec.delay_s, jitter_s=spec.jitter_s, loss=spec.loss,
-                          rate_bps=spec.rate_bps, duplicate=spec.duplicate, corrupt=spec.corrupt)
+
+def run_timeline(env, net, ifaces: dict, topology: Topology):
+    """A simpy process: the topology's events at their simulated times."""
+    from testbed.spec.timeline import steps
+    for step in steps(topology):
+        if step.at_s > env.now:
+            yield env.timeout(step.at_s - env.now)
+        for (src, dst), spec in step.links.items():
+            net.set_link(src, dst, link_params(spec))
+        if step.action is not None:
+            name, action = step.action
+            getattr(ifaces[name], action)()
+
+
+def cpu_factor(cpus: float | None) -> float:
+    """How much slower a host with a ``cpus:`` share handles a datagram:
+    1 / cpus below one core (0.25 -> 4x), else 1 (one datagram at a time
+    uses one core, so more cores do not make it faster)."""
+    return 1.0 / cpus if cpus is not None and 0 < cpus < 1 else 1.0
+
+
+def device_host_costs(topology: Topology, host_cost_s: float) -> dict[str, float]:
+    """The per-datagram host cost of each ensemble whose ``cpus:`` makes it
+    slower than the others (SimNetwork's ``host_costs``)."""
+    return {name: host_cost_s * cpu_factor(s.cpus) for name, s in topology.limits.items()
+            if cpu_factor(s.cpus) != 1.0}
+
+
+def sim_links(topology: Topology):
+    conv = link_params
     links = {}
     for a in topology.ensembles:
         for b in topology.ensembles:
@@ -105,7 +144,8 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
     default, links = sim_links(topology)
     seed = topology.seed if seed is None else seed
     net = SimNetwork(env, default, links, seed=seed, host_cost_s=host_cost_s,
-                     hop_latency_s=hop_latency_s, hop_noise_s=hop_noise_s)
+                     hop_latency_s=hop_latency_s, hop_noise_s=hop_noise_s,
+                     host_costs=device_host_costs(topology, host_cost_s))
     flows = flows_plan(topology)
     events: list[dict] = []
     ifaces = {}
@@ -130,7 +170,12 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
     def sender(fi: int, f: dict):
         iface = ifaces[f["src"]]
         yield env.timeout(f["start_s"])
+        due = env.now       # message k's planned time; a pause makes sends late
         for k in range(f["count"]):
+            if iface.state != "running":
+                if iface.state == "killed":
+                    return
+                yield iface.when_running()
             ref = MessageRef.planned(f, k)
             events.append(Send(ref, env.now).record())
             iface.send(TTNetworkMessageSim(f["dst"], message_bytes(fi, k, ref.size)),
@@ -139,10 +184,16 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
                        on_failure=lambda _m, reason, ref=ref: events.append(
                            Fail(ref, env.now, reason).record()))
             if k + 1 < f["count"]:
-                yield env.timeout(f["interval_s"])
+                on_time = env.now == due
+                due += f["interval_s"]
+                # Late after a pause: the overdue messages go at once, as
+                # the agent's schedule (absolute times) sends them.
+                yield env.timeout(f["interval_s"] if on_time else max(0.0, due - env.now))
 
     for fi, f in enumerate(flows):
         env.process(sender(fi, f))
+    if topology.events:
+        env.process(run_timeline(env, net, ifaces, topology))
     for name, conf in topology.apps.items():
         main = load_app(topology.base_dir or ".", conf.app_path or "", conf.app_function)
         app = apps[name] = SimApp(env, ifaces[name], name=name, peers=topology.ensembles,

@@ -134,10 +134,12 @@ def dumps(event: Event) -> str:
 
 class EventFile:
     """An append-only ``events-<name>.jsonl``, safe to write from several
-    threads (the agent's sender and ttnet's callback thread)."""
+    threads (the agent's sender and ttnet's callback thread).
+    ``line_buffered``: every record reaches the file at once (an agent the
+    fault timeline kills loses none), at a write per record."""
 
-    def __init__(self, path: Path) -> None:
-        self._f = open(path, "a", buffering=1 << 16)
+    def __init__(self, path: Path, line_buffered: bool = False) -> None:
+        self._f = open(path, "a", buffering=1 if line_buffered else 1 << 16)
         self._lock = threading.Lock()
 
     def write(self, event: Event) -> None:

@@ -65,10 +65,16 @@ class EnsembleSettings:
     (default function ``main``), relative to the topology file's directory:
     an app written against :mod:`testbed.spec.app`, run over UDP in
     emulation and over the simulated network in ``simulate``.
+    cpus / memory: a device-like host: the share of CPU cores (0.25 is a
+    quarter of one core) and the memory in bytes the host may use (docker:
+    container limits; netns: not applied, a warning; simulate: cpus
+    scales this host's per-datagram cost). None: unlimited.
     """
 
     run: str | None = None
     app: str | None = None
+    cpus: float | None = None
+    memory: int | None = None
 
     @property
     def app_path(self) -> str | None:
@@ -90,6 +96,62 @@ class EnsembleSettings:
         return app, "", ""
 
 
+#: What an ensemble event may do (``action:``); "restart" is refused by
+#: the loader (not supported yet).
+ENSEMBLE_ACTIONS = ("pause", "resume", "kill")
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """At ``at_s`` (seconds from the experiment start), lay ``changes`` over
+    the directed link src -> dst (and dst -> src when ``both``: written
+    ``a<->b``). ``changes`` are (LinkSpec attribute, value) pairs in file
+    order; fields not named keep the value in force."""
+
+    at_s: float
+    src: str
+    dst: str
+    changes: tuple[tuple[str, float | None], ...]
+    both: bool = False
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """The directed links this event changes."""
+        return ((self.src, self.dst), (self.dst, self.src)) if self.both \
+            else ((self.src, self.dst),)
+
+
+@dataclass(frozen=True)
+class EnsembleEvent:
+    """At ``at_s``, pause, resume or kill one ensemble (ENSEMBLE_ACTIONS)."""
+
+    at_s: float
+    ensemble: str
+    action: str
+
+
+@dataclass(frozen=True)
+class PartitionEvent:
+    """At ``at_s``, drop every packet between two different ``groups``
+    (ensembles in no group keep their links) until a HealEvent. A new
+    partition replaces the one in force."""
+
+    at_s: float
+    groups: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class HealEvent:
+    """At ``at_s``, end the partition in force: every link is again what
+    the links and link events say."""
+
+    at_s: float
+
+
+#: One entry of ``Topology.events``.
+Event = LinkEvent | EnsembleEvent | PartitionEvent | HealEvent
+
+
 @dataclass(frozen=True)
 class Topology:
     name: str
@@ -105,6 +167,10 @@ class Topology:
     settings: dict[str, EnsembleSettings] = field(default_factory=dict)
     #: Planned run length for programs and apps (None: the flows decide).
     duration_s: float | None = None
+    #: Write one pcap per ensemble into the run directory (``capture:``).
+    capture: bool = False
+    #: The fault timeline (``events:``), sorted by time (file order on ties).
+    events: tuple[Event, ...] = ()
     #: The directory holding the topology file: ``run`` commands start
     #: there and ``app`` paths are relative to it. Not part of the model's
     #: identity (two equal files in two places are the same experiment).
@@ -117,6 +183,12 @@ class Topology:
     def programs(self) -> dict[str, str]:
         """``run:`` command lines by ensemble."""
         return {n: s.run for n, s in self.settings.items() if s.run}
+
+    @property
+    def limits(self) -> dict[str, EnsembleSettings]:
+        """Ensembles with a ``cpus:`` or ``memory:`` limit."""
+        return {n: s for n, s in self.settings.items()
+                if s.cpus is not None or s.memory is not None}
 
     @property
     def apps(self) -> dict[str, EnsembleSettings]:

@@ -1,8 +1,8 @@
 """JSON Schema (draft 2020-12) of topology files, for editors.
 
 This module owns turning the loader's field tables (``TOP_FIELDS``,
-``LINK_FIELDS``, ``FLOW_FIELDS``, ``ENSEMBLE_FIELDS`` in
-``testbed.spec.topology``) and the unit tables of ``testbed.spec.units``
+``LINK_FIELDS``, ``FLOW_FIELDS``, ``ENSEMBLE_FIELDS``, ``EVENT_FIELDS``
+in ``testbed.spec.topology``) and the unit tables of ``testbed.spec.units``
 into a schema. It must never hold a second
 list of fields, units or names: every property, default, unit and pattern
 comes from those modules, and tests/unit/test_topology_schema.py fails when
@@ -21,10 +21,12 @@ import json
 import sys
 from typing import Any, Callable
 
+from testbed.spec.model import ENSEMBLE_ACTIONS
 from testbed.spec.topology import (APP_PATTERN, ENSEMBLE_FIELDS, ENSEMBLE_NAME_PATTERN,
-                                   FLOW_FIELDS, FLOW_NAME_PATTERN, FLOW_SIZE_KEYS, KINDS,
-                                   LINK_FIELDS, LINK_SEPARATORS, MAX_MESSAGE_SIZE,
-                                   SHIPPED_DIR, TOP_FIELDS, Field)
+                                   EVENT_FIELDS, EVENT_KEYS, FLOW_FIELDS, FLOW_NAME_PATTERN,
+                                   FLOW_SIZE_KEYS, KINDS, LINK_FIELDS, LINK_SEPARATORS,
+                                   MAX_MESSAGE_SIZE, SHIPPED_DIR, TOP_FIELDS, Field)
+from testbed.spec.topology import MIN_CPUS, MIN_MEMORY
 from testbed.spec.units import (DURATION_UNITS, RATE_UNITS, SIZE_UNITS,
                                 UNSIGNED_NUMBER)
 
@@ -99,11 +101,15 @@ def _null_or(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def _links(_: Field) -> dict[str, Any]:
+def _link_name_pattern() -> str:
     name = f"\\s*{ENSEMBLE_NAME_PATTERN}\\s*"
     separators = "|".join(LINK_SEPARATORS)
+    return f"^{name}(?:{separators}){name}$"
+
+
+def _links(_: Field) -> dict[str, Any]:
     return _null_or({"type": "object",
-                     "propertyNames": {"pattern": f"^{name}(?:{separators}){name}$"},
+                     "propertyNames": {"pattern": _link_name_pattern()},
                      "additionalProperties": _null_or({"$ref": "#/$defs/link"})})
 
 
@@ -137,6 +143,18 @@ KIND_SCHEMAS: dict[str, Callable[[Field], dict[str, Any]]] = {
     # A blank command runs nothing: at least one non-blank character.
     "command": lambda _: {"type": "string", "minLength": 1, "pattern": r"\S"},
     "app": lambda _: _name(APP_PATTERN),
+    # A device-like host (ENSEMBLE_FIELDS cpus, memory).
+    "cpus": lambda _: {"type": "number", "minimum": MIN_CPUS},
+    "memory": lambda _: {"anyOf": [
+        {"type": "integer", "minimum": MIN_MEMORY},
+        _text(rf"{_NUMBER}\s*{_units(SIZE_UNITS)}?")]},
+    # The fault timeline (EVENT_FIELDS).
+    "events": lambda _: _null_or({"type": "array", "items": {"$ref": "#/$defs/event"}}),
+    "link_name": lambda _: {"type": "string", "pattern": _link_name_pattern()},
+    "action": lambda _: _name("(?:" + "|".join(ENSEMBLE_ACTIONS) + ")"),
+    "groups": lambda _: {"type": "array", "minItems": 2, "items": {
+        "type": "array", "minItems": 1, "uniqueItems": True,
+        "items": _name(ENSEMBLE_NAME_PATTERN)}},
 }
 
 
@@ -166,6 +184,10 @@ def topology_schema() -> dict[str, Any]:
     _check_kinds()
     flow = _object(FLOW_FIELDS, "flow")
     flow["oneOf"] = [{"required": [key]} for key in FLOW_SIZE_KEYS]
+    event = _object(EVENT_FIELDS, "event")
+    # Exactly one thing to do; a key of another group makes two match, or
+    # (alone, without its partner) none.
+    event["oneOf"] = [{"required": list(keys)} for keys in EVENT_KEYS]
     return {
         "$schema": SCHEMA_DIALECT,
         "title": "ttnet testbed topology",
@@ -173,7 +195,8 @@ def topology_schema() -> dict[str, Any]:
                        "`python -m testbed.spec.schema`; do not edit by hand.",
         **_object(TOP_FIELDS, "ttnet testbed topology"),
         "$defs": {"link": _object(LINK_FIELDS, "link properties"), "flow": flow,
-                  "ensemble": _object(ENSEMBLE_FIELDS, "ensemble settings")},
+                  "ensemble": _object(ENSEMBLE_FIELDS, "ensemble settings"),
+                  "event": event},
     }
 
 

@@ -6,8 +6,9 @@ frozen dataclasses, and never creates hosts, links or processes, so a bad
 file stops an experiment before anything is started.
 
 The fields of a file are declared once, in ``TOP_FIELDS``, ``LINK_FIELDS``,
-``FLOW_FIELDS`` and ``ENSEMBLE_FIELDS`` (``Field`` rows). The loader takes
-allowed and required keys, defaults and value kinds from them, and
+``FLOW_FIELDS``, ``ENSEMBLE_FIELDS`` and ``EVENT_FIELDS`` (``Field`` rows).
+The loader takes allowed and required keys, defaults and value kinds from
+them, and
 ``testbed.spec.schema`` generates ``topologies/topology.schema.json`` from
 them: add a field here, never in a second list.
 
@@ -41,7 +42,9 @@ from typing import Any, Callable, NamedTuple
 
 import yaml
 
-from testbed.spec.model import EnsembleSettings, Flow, LinkSpec, Topology
+from testbed.spec.model import (ENSEMBLE_ACTIONS, EnsembleEvent, EnsembleSettings, Event,
+                                Flow, HealEvent, LinkEvent, LinkSpec, PartitionEvent,
+                                Topology)
 from testbed.spec.units import (UnitError, format_duration, format_percent,
                                 format_rate, format_size, parse_duration,
                                 parse_percent, parse_rate, parse_size,
@@ -107,6 +110,14 @@ UNIT_KINDS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
 # An empty value (null) of kind link, links or flows means "none given".
 KINDS = (*UNIT_KINDS, "text", "secret", "name", "integer", "boolean",
          "ensemble", "ensembles", "sizes", "link", "links", "flows", "command", "app")
+# The kinds of the fault timeline (``events:``; EVENT_FIELDS).
+KINDS += ("events", "link_name", "action", "groups")
+# A device-like host's limits (ENSEMBLE_FIELDS cpus/memory).
+KINDS += ("cpus", "memory")
+#: The smallest CPU share docker accepts (--cpus 0.01).
+MIN_CPUS = 0.01
+#: The least memory an ensemble may be given: its python agent needs more.
+MIN_MEMORY = 16 * 10**6
 
 LINK_FIELDS: dict[str, Field] = {f.key: f for f in (
     Field("delay", "duration", "one-way delay", default=0, attr="delay_s"),
@@ -141,6 +152,10 @@ ENSEMBLE_FIELDS: dict[str, Field] = {f.key: f for f in (
           "from the topology file's directory (docs/apps.md)"),
     Field("app", "app", "'path/to/file.py' or 'path/to/file.py:function' (default "
           "main), relative to the topology file's directory (docs/apps.md)"),
+    Field("cpus", "cpus", "share of CPU cores the host may use, e.g. 0.25 (a quarter "
+          "of one core, about a Raspberry Pi's share); at least 0.01; docker only"),
+    Field("memory", "memory", "memory the host may use, e.g. 256MB or 512MiB; at least "
+          "16MB; docker only"),
 )}
 TOP_FIELDS: dict[str, Field] = {f.key: f for f in (
     Field("name", "name", "topology name; default: the file name without .yaml"),
@@ -148,15 +163,38 @@ TOP_FIELDS: dict[str, Field] = {f.key: f for f in (
     Field("seed", "integer", "seeds loss/jitter draws and the simulator", default=1),
     Field("auth_key", "secret", "shared key for authenticated packets"),
     Field("ensembles", "ensembles", "unique ensemble names, or a mapping from "
-          "ensemble name to its settings ({run: ..., app: ...}, {} or empty for none)",
+          "ensemble name to its settings ({run: ..., app: ..., cpus: ..., memory: ...}, "
+          "{} or empty for none)",
           required=True),
     Field("duration", "duration", "planned run length of programs and apps; "
           "required when an ensemble has run: or app:", positive=True),
+    Field("capture", "boolean", "write one pcap per ensemble into the run directory "
+          "(capture/<ensemble>.pcap; docs/capture.md)", default=False),
     Field("defaults", "link", "every link not listed in links (all zero if absent)"),
     Field("links", "links", "per-pair overrides laid over defaults: "
           "'a->b' one direction, 'a<->b' both"),
     Field("flows", "flows", "messages one ensemble sends to another"),
+    Field("events", "events", "the fault timeline: link changes, partitions, "
+          "ensemble pause/resume/kill, at times from the experiment start"),
 )}
+# One entry of events:. Exactly one of link (with set), ensemble (with
+# action), partition and heal says what it does (EVENT_KEYS).
+EVENT_FIELDS: dict[str, Field] = {f.key: f for f in (
+    Field("at", "duration", "when, from the experiment start", required=True),
+    Field("link", "link_name", "the link to change: 'a->b' one direction, 'a<->b' both; "
+          "with set:"),
+    Field("set", "link", "link fields laid over the link's spec in force "
+          "(as in links:), e.g. {loss: 100%}"),
+    Field("ensemble", "ensemble", "the ensemble that action: acts on"),
+    Field("action", "action", "pause, resume or kill (restart is not supported yet)"),
+    Field("partition", "groups", "two or more lists of ensembles: every packet between "
+          "two groups is dropped until heal:; ensembles in no group keep their links"),
+    Field("heal", "boolean", "true: end the partition; the links are again what "
+          "links: and link events say"),
+)}
+#: What an event does: each tuple's keys go together, and an event has the
+#: keys of exactly one tuple (besides at:).
+EVENT_KEYS = (("link", "set"), ("ensemble", "action"), ("partition",), ("heal",))
 
 
 def _where(source: str, line: int | None, column: int | None, entry: str) -> str:
@@ -463,7 +501,27 @@ class _Reader:
             return raw
         if field.kind == "app":
             return self.app(raw, entry, at)
+        if field.kind in ("cpus", "memory"):
+            return self.limit(field.kind, raw, entry, at)
         raise AssertionError(f"field {key!r} of kind {field.kind!r} is not a scalar")
+
+    def limit(self, kind: str, raw: Any, entry: str, at: _Loc | None) -> float | int:
+        """A ``cpus:`` share (a number >= MIN_CPUS) or a ``memory:`` size
+        (>= MIN_MEMORY bytes)."""
+        if kind == "cpus":
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) \
+                    or not raw >= MIN_CPUS or raw == float("inf"):
+                raise self.fail(entry, f"{_as_written(raw, at)} is not a CPU share",
+                                f"write a number of cores >= {MIN_CPUS}, e.g. cpus: 0.25", at)
+            return float(raw)
+        if isinstance(raw, bool):
+            raise self.fail(entry, f"{_as_written(raw, at)} is not a size",
+                            "write e.g. memory: 256MB", at)
+        size = self.unit("size", raw, entry, at)
+        if size < MIN_MEMORY:
+            raise self.fail(entry, f"memory {raw!r} is below 16MB",
+                            "give at least 16MB (did you mean MB rather than KB?)", at)
+        return size
 
     def link(self, value: Any, entry: str, base: LinkSpec, at: _Loc | None) -> LinkSpec:
         """Link properties in ``value`` laid over ``base``."""
@@ -561,7 +619,7 @@ class _Reader:
                 name = self.ensemble_name(key, entry, where, names)
                 names.append(name)
                 item = self.ensemble_settings(props, entry, _at(value, key))
-                if item.run is not None or item.app is not None:
+                if item != EnsembleSettings():
                     settings[name] = item
         else:
             raise self.fail("ensembles", f"expected a non-empty list or mapping, got "
@@ -711,6 +769,148 @@ class _Reader:
             result.append(flow)
         return tuple(result)
 
+    def link_name(self, raw: Any, entry: str, ensembles: tuple[str, ...],
+                  at: _Loc | None) -> tuple[str, str, bool]:
+        """``'a->b'`` -> (a, b, False); ``'a<->b'`` -> (a, b, True)."""
+        text = raw if isinstance(raw, str) else ""
+        sep = next((s for s in LINK_SEPARATORS if s in text), None)
+        parts = [p.strip() for p in text.split(sep)] if sep else []
+        if len(parts) != 2:
+            raise self.fail(entry, f"{_as_written(raw, at)} is not a link",
+                            "name a link 'a->b' (one direction) or 'a<->b' (both)", at)
+        src = self.endpoint(parts[0], entry, ensembles, at)
+        dst = self.endpoint(parts[1], entry, ensembles, at)
+        if src == dst:
+            raise self.fail(entry, "a link from an ensemble to itself",
+                            "name two different ensembles", at)
+        return src, dst, sep == "<->"
+
+    def event(self, items: list, index: int, ensembles: tuple[str, ...]) -> Event:
+        entry, at = f"events[{index}]", _at(items, index)
+        raw = self.mapping(items[index], entry, EVENT_FIELDS,
+                           "{at: 5s, link: a<->b, set: {loss: 100%}}", at)
+        at = getattr(raw, "loc", at)
+        when = self.scalar(EVENT_FIELDS, raw, "at", f"{entry}.at")
+        given = [keys for keys in EVENT_KEYS if any(k in raw for k in keys)]
+        if len(given) != 1:
+            what = " and ".join(k for keys in given for k in keys if k in raw)
+            raise self.fail(entry, f"an event does one thing; this one has {what}"
+                            if given else "the event says nothing to do",
+                            "give exactly one of link: with set:, ensemble: with "
+                            "action:, partition: [[a], [b]], or heal: true", at)
+        keys = given[0]
+        for key in keys:
+            if key not in raw:
+                raise self.fail(f"{entry}.{key}", "missing required field",
+                                f"add '{key}:' ({EVENT_FIELDS[key].doc})", at)
+        if keys == ("link", "set"):
+            src, dst, both = self.link_name(raw["link"], f"{entry}.link", ensembles,
+                                            _at(raw, "link"))
+            value, value_at = raw["set"], _at(raw, "set")
+            if not value:
+                raise self.fail(f"{entry}.set", "nothing to set",
+                                "name the link fields to change, e.g. set: {loss: 100%}",
+                                value_at)
+            props = self.mapping(value, f"{entry}.set", LINK_FIELDS,
+                                 "{delay: 80ms, loss: 2%}", value_at)
+            changes = tuple((LINK_FIELDS[key].attr,
+                             self.scalar(LINK_FIELDS, props, key, f"{entry}.set.{key}"))
+                            for key in props)
+            return LinkEvent(when, src, dst, changes, both)
+        if keys == ("ensemble", "action"):
+            name = self.endpoint(raw["ensemble"], f"{entry}.ensemble", ensembles,
+                                 _at(raw, "ensemble"))
+            action, action_at = raw["action"], _at(raw, "action")
+            if action == "restart":
+                raise self.fail(f"{entry}.action", "action 'restart' is not supported yet",
+                                "use pause and resume to stop an ensemble for a while, "
+                                "or kill to stop it for good", action_at)
+            if action not in ENSEMBLE_ACTIONS:
+                raise self.fail(f"{entry}.action", f"unknown action "
+                                f"{_as_written(action, action_at)}",
+                                f"use one of {', '.join(ENSEMBLE_ACTIONS)}", action_at)
+            return EnsembleEvent(when, name, action)
+        if keys == ("heal",):
+            if raw["heal"] is not True:
+                raise self.fail(f"{entry}.heal", f"{_as_written(raw['heal'], _at(raw, 'heal'))}"
+                                " heals nothing", "write heal: true, or remove the event",
+                                _at(raw, "heal"))
+            return HealEvent(when)
+        value, value_at = raw["partition"], _at(raw, "partition")
+        fix = "write e.g. partition: [[a, b], [c]] (two or more groups of ensembles)"
+        if not isinstance(value, list) or len(value) < 2:
+            raise self.fail(f"{entry}.partition", f"expected two or more groups, got "
+                            f"{_as_written(value, value_at)}", fix, value_at)
+        seen: set[str] = set()
+        groups = []
+        for g, group in enumerate(value):
+            where = _at(value, g)
+            if not isinstance(group, list) or not group:
+                raise self.fail(f"{entry}.partition[{g}]", "expected a non-empty list "
+                                f"of ensembles, got {_as_written(group, where)}", fix, where)
+            names = []
+            for i, item in enumerate(group):
+                name = self.endpoint(item, f"{entry}.partition[{g}][{i}]", ensembles,
+                                     _at(group, i))
+                if name in seen:
+                    raise self.fail(f"{entry}.partition[{g}][{i}]", f"{name!r} is in "
+                                    "two groups", "list every ensemble at most once",
+                                    _at(group, i))
+                seen.add(name)
+                names.append(name)
+            groups.append(tuple(names))
+        return PartitionEvent(when, tuple(groups))
+
+    def events(self, doc: dict, ensembles: tuple[str, ...]) -> tuple[Event, ...]:
+        """The timeline, sorted by time (file order on ties); ensemble
+        actions must make sense in that order."""
+        value, at = doc.get("events"), _at(doc, "events")
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise self.fail("events", f"expected a list, got {_as_written(value, at)}",
+                            "write events as a list of '- {at: 5s, ...}' items", at)
+        read = [(self.event(value, i, ensembles), i) for i in range(len(value))]
+        read.sort(key=lambda item: item[0].at_s)
+        state: dict[str, str] = {}
+        for event, i in read:
+            if not isinstance(event, EnsembleEvent):
+                continue
+            now, where = state.get(event.ensemble, "running"), _at(value[i], "action")
+            entry = f"events[{i}].action"
+            if now == "killed":
+                raise self.fail(entry, f"{event.ensemble!r} was killed earlier",
+                                "remove the event (a killed ensemble stays down)", where)
+            if event.action == "pause" and now == "paused":
+                raise self.fail(entry, f"{event.ensemble!r} is already paused",
+                                "resume it first, or remove the event", where)
+            if event.action == "resume" and now != "paused":
+                raise self.fail(entry, f"{event.ensemble!r} is not paused then",
+                                "pause it earlier, or remove the event", where)
+            state[event.ensemble] = {"pause": "paused", "resume": "running",
+                                     "kill": "killed"}[event.action]
+        partitioned = False
+        for event, i in read:
+            if isinstance(event, HealEvent) and not partitioned:
+                self.warn(f"events[{i}]", "heal with no partition in force: it does "
+                          "nothing", "partition first, or remove the event", _at(value, i))
+            partitioned = isinstance(event, PartitionEvent) or (
+                partitioned and not isinstance(event, HealEvent))
+        self._event_locs = {id(event): _at(value, i) for event, i in read}
+        self._event_index = {id(event): i for event, i in read}
+        return tuple(event for event, _ in read)
+
+    def late_events(self, topology: Topology) -> None:
+        """Warn about events the run never reaches."""
+        end = topology.expected_duration_s()
+        for event in topology.events:
+            if event.at_s > end:
+                i = self._event_index[id(event)]
+                self.warn(f"events[{i}].at", f"at {format_duration(event.at_s)} is after "
+                          f"the planned end ({format_duration(end)}): never applied",
+                          "move it earlier, or lengthen the flows or duration:",
+                          self._event_locs[id(event)])
+
     def topology(self, text: str) -> Topology:
         doc, top = _parse_yaml(text, self.source)
         if doc is None:
@@ -732,18 +932,25 @@ class _Reader:
         ensembles, settings = self.ensembles(doc)
         duration = self.scalar(TOP_FIELDS, doc, "duration", "duration") \
             if "duration" in doc else None
-        if settings and duration is None:
+        # Limits alone (cpus:, memory:) run nothing by themselves.
+        running = [n for n, s in settings.items() if s.run is not None or s.app is not None]
+        if running and duration is None:
             raise self.fail("ensembles", "ensembles with run: or app: need duration: "
-                            f"({', '.join(settings)})", "add e.g. duration: 30s "
+                            f"({', '.join(running)})", "add e.g. duration: 30s "
                             "(how long the programs and apps run)",
                             _at(doc, "ensembles", of_key=True))
         default = self.link(doc.get("defaults"), "defaults", LinkSpec(),
                             _at(doc, "defaults"))
-        return Topology(name=name, ensembles=ensembles, default_link=default,
-                        links=self.links(doc, ensembles, default),
-                        flows=self.flows(doc, ensembles, top, programs=bool(settings)),
-                        seed=seed, auth_key=auth_key, description=description,
-                        settings=settings, duration_s=duration, base_dir=self.base_dir)
+        topology = Topology(name=name, ensembles=ensembles, default_link=default,
+                            links=self.links(doc, ensembles, default),
+                            flows=self.flows(doc, ensembles, top, programs=bool(running)),
+                            seed=seed, auth_key=auth_key, description=description,
+                            settings=settings, duration_s=duration, base_dir=self.base_dir,
+                            capture=self.scalar(TOP_FIELDS, doc, "capture", "capture"))
+        if "events" in doc:
+            topology = replace(topology, events=self.events(doc, ensembles))
+            self.late_events(topology)
+        return topology
 
 
 # --- entry points --------------------------------------------------------------
@@ -856,6 +1063,27 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _represent_str)
 
 
+_LINK_KEYS = {field.attr: key for key, field in LINK_FIELDS.items()}
+
+
+def _event_yaml(event: Event) -> dict[str, Any]:
+    """One entry of events: as file text."""
+    item: dict[str, Any] = {"at": format_duration(event.at_s)}
+    if isinstance(event, LinkEvent):
+        item["link"] = f"{event.src}{'<->' if event.both else '->'}{event.dst}"
+        item["set"] = {}
+        for attr, value in event.changes:
+            key = _LINK_KEYS[attr]
+            item["set"][key] = UNIT_KINDS[LINK_FIELDS[key].kind][1](value)
+    elif isinstance(event, EnsembleEvent):
+        item.update(ensemble=event.ensemble, action=event.action)
+    elif isinstance(event, PartitionEvent):
+        item["partition"] = [list(group) for group in event.groups]
+    else:
+        item["heal"] = True
+    return item
+
+
 def topology_to_yaml(topology: Topology) -> str:
     """YAML text that ``load_topology_text`` reads back to an equal Topology
     (given the same ``base_dir``). Two directions with equal properties are
@@ -872,13 +1100,16 @@ def topology_to_yaml(topology: Topology) -> str:
         for name in topology.ensembles:
             settings = topology.settings.get(name)
             ensembles[name] = {} if settings is None else {
-                key: getattr(settings, key) for key in ENSEMBLE_FIELDS
+                key: format_size(getattr(settings, key)) if key == "memory"
+                else getattr(settings, key) for key in ENSEMBLE_FIELDS
                 if getattr(settings, key) is not None}
         doc["ensembles"] = ensembles
     else:
         doc["ensembles"] = list(topology.ensembles)
     if topology.duration_s is not None:
         doc["duration"] = format_duration(topology.duration_s)
+    if topology.capture:
+        doc["capture"] = True
     doc["defaults"] = _link_yaml(topology.default_link, LinkSpec())
     links: dict[str, Any] = {}
     done: set[tuple[str, str]] = set()
@@ -908,8 +1139,48 @@ def topology_to_yaml(topology: Topology) -> str:
             item["start"] = format_duration(flow.start_s)
         flows.append(item)
     doc["flows"] = flows
+    if topology.events:
+        doc["events"] = [_event_yaml(event) for event in topology.events]
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=None,
                      allow_unicode=True, width=100)
+
+
+# --- changing a link by hand (`testbed set`) -----------------------------------
+
+def parse_assignments(words: list[str], source: str = "command line") -> dict[str, str]:
+    """``["delay=80ms", "loss=5%"]`` -> ``{"delay": "80ms", "loss": "5%"}``;
+    keys must be link fields (LINK_FIELDS), values readable as in a file.
+    Raises TopologyError."""
+    props: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise TopologyError(source, word, "expected key=value",
+                                "write e.g. delay=80ms loss=5% rate=10mbit")
+        if key not in LINK_FIELDS:
+            raise TopologyError(source, word, f"unknown link field {key!r}",
+                                f"use one of {', '.join(sorted(LINK_FIELDS))}")
+        if key in props:
+            raise TopologyError(source, word, f"{key} is given twice", "give it once")
+        props[key] = value.strip()
+        _Reader(source).scalar(LINK_FIELDS, props, key, word)   # the value's unit
+    if not props:
+        raise TopologyError(source, "", "nothing to set",
+                            "add key=value pairs, e.g. delay=80ms loss=5%")
+    return props
+
+
+def link_change(ensembles: tuple[str, ...], link: str, props: dict[str, Any],
+                current: Callable[[str, str], LinkSpec],
+                source: str = "command line") -> dict[tuple[str, str], LinkSpec]:
+    """The directed links ``link`` ('a->b' or 'a<->b') names, each with
+    ``props`` (link fields as a topology file writes them) laid over its
+    spec in force, ``current(src, dst)``. Raises TopologyError."""
+    reader = _Reader(source)
+    src, dst, both = reader.link_name(link, f"link {link!r}", ensembles, None)
+    pairs = [(src, dst), (dst, src)] if both else [(src, dst)]
+    return {pair: reader.link(props, link, current(*pair), None) for pair in pairs}
 
 
 # --- finding files -------------------------------------------------------------

@@ -55,8 +55,10 @@ PROGRAM = textwrap.dedent("""
         while time.monotonic() < end:
             with lock:
                 info["got"] = list(got)
-            with open(os.path.join(out, "got.json"), "w") as f:
+            # atomically: SIGTERM at the duration may land mid-write
+            with open(os.path.join(out, "got.tmp"), "w") as f:
                 json.dump(info, f)
+            os.replace(os.path.join(out, "got.tmp"), os.path.join(out, "got.json"))
             time.sleep(0.1)
     with open(os.path.join(out, "info.json"), "w") as f:
         json.dump(info, f)

@@ -15,7 +15,7 @@ from testbed.cli import build_parser, main
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "data" / "cli" / "tiny.yaml"
 COMMANDS = ["list", "run", "up", "down", "status", "simulate", "compare", "power",
-            "false-alarms", "calibrate", "all"]
+            "false-alarms", "calibrate", "all", "exec", "shell"]
 
 
 def cli(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -138,3 +138,58 @@ def test_setup_errors_are_one_line_with_exit_2(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: the docker engine does not answer")
     assert "Traceback" not in err
+
+
+# --- exec / shell (hands-on access to a live `up`) ------------------------------
+
+def test_exec_and_shell_parse_ensemble_run_and_the_command_after_dashes():
+    parser = build_parser()
+    a = parser.parse_args(["exec", "a", "--", "ping", "-c", "1", "10.0.0.3"])
+    assert (a.ensemble, a.run, a.fn.__name__) == ("a", None, "cmd_exec")
+    assert [x for x in a.command if x != "--"] == ["ping", "-c", "1", "10.0.0.3"]
+    a = parser.parse_args(["exec", "--run", "20260101-000000-abcd", "-v", "b", "ip", "-4"])
+    assert (a.ensemble, a.run, a.verbose) == ("b", "20260101-000000-abcd", True)
+    assert a.command == ["ip", "-4"]
+    s = parser.parse_args(["shell", "--run", "x", "a"])
+    assert (s.ensemble, s.run, s.fn.__name__) == ("a", "x", "cmd_shell")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["shell"])            # an ensemble is required
+    with pytest.raises(SystemExit):
+        parser.parse_args(["shell", "a", "b"])  # shell takes no command
+
+
+@pytest.fixture
+def no_up(tmp_path, monkeypatch):
+    """An empty up-state directory and no run claims."""
+    import testbed.emulate.access as access
+    import testbed.emulate.net as net
+    monkeypatch.setattr(access, "STATE_DIR", tmp_path / "up")
+    monkeypatch.setattr(net, "RUNS_DIR", tmp_path / "runs")
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv", [["exec", "a", "--", "true"], ["shell", "a"],
+                                  ["exec", "--run", "nope", "a", "--", "true"]])
+def test_exec_and_shell_without_a_live_up_exit_2_saying_so(no_up, capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no `python -m testbed up` is holding hosts")
+    assert "Traceback" not in err
+
+
+def test_exec_of_an_unknown_ensemble_or_no_command_exits_2(no_up, capsys):
+    import json
+    import os
+
+    from testbed.emulate.access import HostInfo, UpState, write_state
+    (no_up / "runs").mkdir()
+    (no_up / "runs" / "abc123.json").write_text(json.dumps(
+        {"run_id": "abc123", "backend": "netns", "subnet": "10.210.1.0/24",
+         "pid": os.getpid()}))
+    write_state(UpState("20260101-000000-abcd-up", "abc123", "netns", "tiny", os.getpid(),
+                        str(no_up), {"a": HostInfo("10.210.1.2", "/run/netns/x", "eth0")}),
+                no_up / "up")
+    assert main(["exec", "zz", "--", "true"]) == 2
+    assert "no ensemble 'zz'" in capsys.readouterr().err
+    assert main(["exec", "a"]) == 2
+    assert "no command given" in capsys.readouterr().err

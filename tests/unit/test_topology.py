@@ -396,7 +396,8 @@ def test_check_topology_sets_base_dir_to_the_files_directory(tmp_path):
 #   3   sensor: {run: python3 sensor.py --rate 10}
 #   4   edge: {app: apps/pipeline.py:edge}
 @pytest.mark.parametrize("change, entry, fix_hint, line, column", [
-    (("{run: python3", "{runn: python3"), "ensembles['sensor'].runn", "app, run", 3, 12),
+    (("{run: python3", "{runn: python3"), "ensembles['sensor'].runn", "app, cpus, memory, run",
+     3, 12),
     (("edge: {app:", "edge: {main: x.py, app:"), "ensembles['edge'].main", "remove it", 4, 10),
     (("run: python3 sensor.py --rate 10", "run: ''"), "ensembles['sensor'].run",
      "run: python3", 3, 17),
@@ -604,7 +605,7 @@ def test_any_settings_and_duration_survive_yaml_round_trip(chosen, duration, lis
 
 # --- shipped files ----------------------------------------------------------
 
-SHIPPED = ["edge-cloud", "lossy", "mesh-20", "pair", "star"]
+SHIPPED = ["devices", "edge-cloud", "lossy", "mesh-20", "pair", "star"]
 
 
 def test_shipped_topologies_are_listed():

@@ -222,6 +222,22 @@ class Backend(ABC):
     def down(self) -> None:
         """Remove everything of this run; idempotent; keeps logs readable."""
 
+    # --- the fault timeline's ensemble actions (testbed.emulate.timeline) ---
+
+    def pause(self, name: str) -> None:
+        """Freeze every process of host ``name`` (its sockets keep queueing
+        what arrives) until resume()."""
+        raise BackendError(f"the {self.name} backend cannot pause an ensemble")
+
+    def resume(self, name: str) -> None:
+        """Undo pause()."""
+        raise BackendError(f"the {self.name} backend cannot resume an ensemble")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL every process of host ``name`` (its command's exit code
+        is then that of a killed process); the host's network stays."""
+        raise BackendError(f"the {self.name} backend cannot kill an ensemble")
+
 
 _MAIN_PID = os.getpid()
 

@@ -100,6 +100,25 @@ def cleanup_stale(client=None) -> list[str]:
     return removed
 
 
+def host_limits(settings, name: str = "?") -> dict:
+    """create_host_config arguments for an ensemble's ``cpus:``/``memory:``
+    (EnsembleSettings): nano_cpus (as ``docker run --cpus``; above this
+    machine's cores, lowered to them with a warning: docker refuses more) and
+    mem_limit with no swap beyond it. Empty when unlimited."""
+    out: dict = {}
+    if settings.cpus is not None:
+        cpus, cores = settings.cpus, os.cpu_count() or 1
+        if cpus > cores:
+            log.warning("ensemble %s: cpus %g is more than this machine's %d cores; "
+                        "using %d", name, cpus, cores, cores)
+            cpus = cores
+        out["nano_cpus"] = int(round(cpus * 1e9))
+    if settings.memory is not None:
+        out["mem_limit"] = settings.memory
+        out["memswap_limit"] = settings.memory
+    return out
+
+
 class DockerBackend(Backend):
     """Ensembles as containers of the ensemble image (built on demand)."""
 
@@ -151,7 +170,8 @@ class DockerBackend(Backend):
                 host_config=api.create_host_config(
                     binds={str(run_dir): {"bind": RESULTS_MOUNT, "mode": "rw"},
                            **self._shared},
-                    network_mode=netname, init=True, auto_remove=False),
+                    network_mode=netname, init=True, auto_remove=False,
+                    **host_limits(topology.settings_of(host.name), host.name)),
                 networking_config=api.create_networking_config(
                     {netname: api.create_endpoint_config(ipv4_address=host.ip)}),
             )["Id"]
@@ -235,3 +255,22 @@ class DockerBackend(Backend):
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir / CTL_DIR, ignore_errors=True)
         log.info("docker run %s down: removed %d items", self.run_id, len(removed))
+
+    # --- the fault timeline's ensemble actions: docker pause/unpause (the
+    # cgroup freezer) and kill (SIGKILL: the container stops, exit 137) ---
+
+    def _cid(self, name: str) -> str:
+        cid = self._ids.get(name)
+        if cid is None:
+            raise BackendError(f"no container {name!r} in run {self.run_id}; "
+                               f"hosts: {sorted(self._ids)}")
+        return cid
+
+    def pause(self, name: str) -> None:
+        self.client.api.pause(self._cid(name))
+
+    def resume(self, name: str) -> None:
+        self.client.api.unpause(self._cid(name))
+
+    def kill(self, name: str) -> None:
+        self.client.api.kill(self._cid(name))

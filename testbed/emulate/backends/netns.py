@@ -143,6 +143,11 @@ class NetnsBackend(Backend):
             raise BackendError("the netns backend needs root (CAP_NET_ADMIN); run as root")
         rid = self.run_id
         self._run_dir = run_dir
+        if topology.limits:
+            log.warning("netns backend: cpus:/memory: limits of %s are not applied "
+                        "(namespaces share this machine's CPU and memory); use "
+                        "--backend docker for device-like hosts",
+                        ", ".join(sorted(topology.limits)))
         subnet = net.claim_subnet(rid, self.name)
         ips = net.host_addresses(subnet, len(topology.ensembles))
         bridge = f"ttbr{rid}"
@@ -232,6 +237,41 @@ class NetnsBackend(Backend):
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir / CTL_DIR, ignore_errors=True)
         log.info("netns run %s down: removed %d items", self.run_id, len(removed))
+
+    # --- the fault timeline's ensemble actions: SIGSTOP, SIGCONT, SIGKILL to
+    # every process of the host's namespace (the agent, its program in a
+    # session of its own, anything they started) ---
+
+    def _signal_host(self, name: str, sig: int) -> list[int]:
+        host = self.hosts.get(name)
+        if host is None:
+            raise BackendError(f"no host {name!r} in run {self.run_id}; "
+                               f"hosts: {sorted(self.hosts)}")
+        out = subprocess.run(["ip", "netns", "pids", Path(host.netns_path).name],
+                             capture_output=True, text=True).stdout
+        pids = [int(pid) for pid in out.split() if pid.isdigit()]
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        log.info("netns run %s: signal %d to %s (pids %s)", self.run_id, sig, name, pids)
+        return pids
+
+    def pause(self, name: str) -> None:
+        self._signal_host(name, signal.SIGSTOP)
+
+    def resume(self, name: str) -> None:
+        self._signal_host(name, signal.SIGCONT)
+
+    def kill(self, name: str) -> None:
+        self._signal_host(name, signal.SIGKILL)
+        proc = self._procs.get(name)
+        if proc is not None:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                log.warning("netns run %s: %s survived SIGKILL for 10 s", self.run_id, name)
 
 
 def _killpg(p: subprocess.Popen, sig: int) -> None:

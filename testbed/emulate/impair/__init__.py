@@ -9,6 +9,13 @@ leaving that namespace, per destination IPv4, with one of two engines:
   daemon (``nfqueue.py``) that delays/drops/duplicates/corrupts, plus htb
   classes for rate limits.
 
+``update(netns, ifname, dst, spec)`` changes one link of a running run in
+place (the fault timeline, ``testbed set``): nothing is restarted and
+other links' packets are undisturbed. netem: ``tc class change`` +
+``tc qdisc change``; nfqueue: the daemon's ``set`` op, ``tc class change``
+for the rate. A link that was clean at ``apply`` gets its rule, class or
+filter added then.
+
 It owns everything it installs and removes it in ``close()`` (idempotent,
 also after a failed apply, on Ctrl-C via the context manager, and at
 interpreter exit). It never creates or deletes namespaces or interfaces and
@@ -25,6 +32,8 @@ import select
 import subprocess
 import sys
 import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed.spec.model import LinkSpec
@@ -115,6 +124,33 @@ def _needs_daemon(spec: LinkSpec) -> bool:
                 or spec.duplicate or spec.corrupt)
 
 
+def _daemon_spec(spec: LinkSpec) -> dict[str, float]:
+    return {k: getattr(spec, k) for k in ("delay_s", "jitter_s", "loss", "duplicate",
+                                           "corrupt")}
+
+
+def _tc_checked(netns_path: str, args: list[str]) -> None:
+    done = _tc(netns_path, args)
+    if done.returncode != 0:
+        raise ImpairError(f"tc {' '.join(args)} in {netns_path} failed: "
+                          f"{(done.stderr or '').strip()}")
+
+
+@dataclass
+class _Netns:
+    """What this run installed in one namespace (for ``update``)."""
+
+    ifname: str
+    label: str | None
+    rng_key: str
+    specs: dict[str, LinkSpec]                               # dst -> spec in force
+    chain: str | None = None                                 # our mangle chain
+    queued: set[str] = field(default_factory=set)            # dsts with an NFQUEUE rule
+    served: bool = False                                     # the daemon has its queue
+    tree: bool = False                                       # our htb root is on ifname
+    classes: dict[str, int] = field(default_factory=dict)    # dst -> htb minor
+
+
 class Impairments:
     """All impairments of one run; use as a context manager."""
 
@@ -133,6 +169,10 @@ class Impairments:
         self._trees: list[tuple[str, str]] = []    # (netns, ifname)
         self._applied: set[tuple[int, int]] = set()  # netns (dev, inode)
         self._last_stats: dict = {}
+        self._ns: dict[str, _Netns] = {}   # by netns path, for update()
+        #: One daemon conversation at a time (the timeline thread updates
+        #: links while the main thread may ask for stats).
+        self._lock = threading.RLock()
         atexit.register(self.close)
 
     @property
@@ -153,17 +193,25 @@ class Impairments:
         self.close()
 
     def apply(self, netns_path: str, ifname: str, egress: dict[str, LinkSpec],
-              label: str | None = None) -> str:
+              label: str | None = None,
+              later: dict[str, list[LinkSpec]] | None = None) -> str:
         """Impair traffic leaving the namespace per destination IPv4.
 
         label names the sending ensemble: it keys stats() ("label->dst",
         default "netns_path->dst") and the per-link RNG, so the same seed
         and labels replay the same drops (without a label, apply order is
-        used). Returns the engine used. Clean links get no rule. Raises
-        ImpairError on bad input or if the kernel refuses; what was
-        installed stays recorded so close() removes it.
+        used). Returns the engine used. Clean links get no rule. ``later``:
+        the specs a link will be given by update() (a fault timeline), so
+        whatever they need (rule, daemon link, class) is installed now and
+        an update is one quick call. Raises ImpairError on bad input or if
+        the kernel refuses; what was installed stays recorded so close()
+        removes it.
         """
         _validate(netns_path, egress)
+        later = {d: list(specs) for d, specs in (later or {}).items() if d in egress}
+        for dst, specs in later.items():
+            for spec in specs:
+                _validate(netns_path, {dst: spec})
         st = os.stat(netns_path)
         if (st.st_dev, st.st_ino) in self._applied:
             raise ImpairError(f"impairments already applied to netns {netns_path} in "
@@ -172,28 +220,129 @@ class Impairments:
             self._engine = detect_engine(netns_path, ifname)
             log.info("impairment engine: %s", self._engine)
         self._applied.add((st.st_dev, st.st_ino))
-        dirty = {d: s for d, s in egress.items() if not s.is_clean}
+        state = self._ns[netns_path] = _Netns(ifname, label,
+                                              label or f"#{len(self._applied)}", dict(egress))
+
+        def ever(dst: str, need) -> bool:
+            return any(need(s) for s in [egress[dst], *later.get(dst, [])])
+
+        dirty = {d: s for d, s in egress.items()
+                 if ever(d, lambda spec: not spec.is_clean)}
         if not dirty:
             return self._engine
         self._trees.append((netns_path, ifname))
         if self._engine == "netem":
-            netem.apply(netns_path, ifname, dirty)
+            plans = [rate.ClassPlan(minor=i, dst=d, rate_bps=dirty[d].rate_bps,
+                                    netem=netem.netem_options(dirty[d]))
+                     for i, d in enumerate(sorted(dirty), 1)]
+            rate.install_tree(netns_path, ifname, plans)
+            state.classes, state.tree = {p.dst: p.minor for p in plans}, True
             return self._engine
-        shaped = sorted(d for d, s in dirty.items() if s.rate_bps is not None)
+        shaped = sorted(d for d in dirty if ever(d, lambda spec: spec.rate_bps is not None))
         rate.install_tree(netns_path, ifname, [
             rate.ClassPlan(minor=i, dst=d, rate_bps=dirty[d].rate_bps)
             for i, d in enumerate(shaped, 1)])
-        queued = {d: s for d, s in dirty.items() if _needs_daemon(s)}
+        state.classes = {d: i for i, d in enumerate(shaped, 1)}
+        state.tree = bool(shaped)      # install_tree adds no root for no class
+        queued = {d: s for d, s in dirty.items() if ever(d, _needs_daemon)}
         if queued:
             self._call({"op": "add", "netns": netns_path, "queue": QUEUE_NUM,
-                        "label": label, "rng_key": label or f"#{len(self._applied)}",
-                        "links": {d: {k: getattr(s, k) for k in (
-                            "delay_s", "jitter_s", "loss", "duplicate", "corrupt")}
-                            for d, s in queued.items()}})
+                        "label": label, "rng_key": state.rng_key,
+                        "links": {d: _daemon_spec(s) for d, s in queued.items()}})
+            state.served = True
             chain = rules.chain_name(self.run_id, len(self._chains))
             self._chains.append((netns_path, chain))
             rules.install(netns_path, chain, QUEUE_NUM, sorted(queued))
+            state.chain, state.queued = chain, set(queued)
         return self._engine
+
+    def link(self, netns_path: str, dst: str) -> LinkSpec:
+        """The spec in force on the link from the namespace to ``dst``."""
+        state = self._ns.get(netns_path)
+        if state is None:
+            raise ImpairError(f"no impairments applied to {netns_path} in run "
+                              f"{self.run_id}; call apply() first")
+        return state.specs.get(dst, LinkSpec())
+
+    def update(self, netns_path: str, ifname: str, dst: str, spec: LinkSpec) -> None:
+        """Change the link from the namespace to ``dst`` to ``spec`` now,
+        in place: packets on other links are undisturbed, the link keeps
+        its loss/jitter RNG, packets already delayed keep their release
+        time. Raises ImpairError (bad spec, apply() not called, the
+        kernel or the daemon refuses)."""
+        _validate(netns_path, {dst: spec})
+        with self._lock:
+            state = self._ns.get(netns_path)
+            if state is None:
+                raise ImpairError(f"no impairments applied to {netns_path} in run "
+                                  f"{self.run_id}; call apply() first")
+            if state.ifname != ifname:
+                raise ImpairError(f"{netns_path} was impaired on {state.ifname}, "
+                                  f"not {ifname}")
+            if state.specs.get(dst) == spec:
+                return
+            if self.engine == "netem":
+                self._update_netem(netns_path, state, dst, spec)
+            else:
+                self._update_nfqueue(netns_path, state, dst, spec)
+            state.specs[dst] = spec
+            log.info("%s -> %s now %s", state.label or netns_path, dst, spec)
+
+    def _new_class(self, netns_path: str, state: _Netns, dst: str,
+                   spec: LinkSpec, with_netem: bool) -> None:
+        """An htb class (and netem leaf) for a destination that had none."""
+        if not state.tree:
+            rate.install_tree(netns_path, state.ifname, [rate.ClassPlan(
+                minor=1, dst=dst, rate_bps=spec.rate_bps,
+                netem=netem.netem_options(spec) if with_netem else None)])
+            self._trees.append((netns_path, state.ifname))
+            state.tree = True
+            state.classes[dst] = 1
+            return
+        minor = max(state.classes.values(), default=0) + 1
+        _tc_checked(netns_path, rate.class_args("add", state.ifname, minor, spec.rate_bps))
+        if with_netem:
+            _tc_checked(netns_path, netem.qdisc_args("add", state.ifname, minor, spec))
+        _tc_checked(netns_path, rate.filter_args(state.ifname, minor, dst))
+        state.classes[dst] = minor
+
+    def _update_netem(self, netns_path: str, state: _Netns, dst: str,
+                      spec: LinkSpec) -> None:
+        minor = state.classes.get(dst)
+        if minor is None:
+            self._new_class(netns_path, state, dst, spec, with_netem=True)
+            return
+        _tc_checked(netns_path, rate.class_args("change", state.ifname, minor, spec.rate_bps))
+        _tc_checked(netns_path, netem.qdisc_args("change", state.ifname, minor, spec))
+
+    def _update_nfqueue(self, netns_path: str, state: _Netns, dst: str,
+                        spec: LinkSpec) -> None:
+        # Delay, jitter, loss, duplicate, corrupt: the daemon's link first,
+        # then (if the link had none) the rule that queues its packets.
+        if _needs_daemon(spec) or dst in state.queued:
+            if state.served:
+                self._call({"op": "set", "netns": netns_path, "dst": dst,
+                            "spec": _daemon_spec(spec)})
+            else:
+                self._call({"op": "add", "netns": netns_path, "queue": QUEUE_NUM,
+                            "label": state.label, "rng_key": state.rng_key,
+                            "links": {dst: _daemon_spec(spec)}})
+                state.served = True
+            if dst not in state.queued:
+                if state.chain is None:
+                    chain = rules.chain_name(self.run_id, len(self._chains))
+                    rules.install(netns_path, chain, QUEUE_NUM, [dst])
+                    self._chains.append((netns_path, chain))
+                    state.chain = chain
+                else:
+                    rules.add_dst(netns_path, state.chain, QUEUE_NUM, dst)
+                state.queued.add(dst)
+        # The rate: the destination's htb class (unlimited: a class at 10 Gbit/s).
+        if dst in state.classes:
+            _tc_checked(netns_path, rate.class_args("change", state.ifname,
+                                                    state.classes[dst], spec.rate_bps))
+        elif spec.rate_bps is not None:
+            self._new_class(netns_path, state, dst, spec, with_netem=False)
 
     def _start_daemon(self) -> subprocess.Popen[bytes]:
         self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +356,10 @@ class Impairments:
         return self._daemon
 
     def _call(self, cmd: dict) -> dict:
+        with self._lock:
+            return self._call_locked(cmd)
+
+    def _call_locked(self, cmd: dict) -> dict:
         proc = self._daemon or self._start_daemon()
         assert proc.stdin and proc.stdout
         try:

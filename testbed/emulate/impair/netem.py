@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from testbed.spec.model import LinkSpec
-from testbed.emulate.impair.rate import ClassPlan, install_tree
+from testbed.emulate.impair.rate import ROOT_MAJOR, ClassPlan, install_tree
 
 # netem's own queue (packets held while delayed); the kernel default of 1000
 # overflows at high rate x delay products, which would look like extra loss.
@@ -37,6 +37,19 @@ def netem_options(spec: LinkSpec) -> dict[str, Any]:
     if spec.corrupt:
         opts["prob_corrupt"] = spec.corrupt * 100.0
     return opts
+
+
+def qdisc_args(op: str, ifname: str, minor: int, spec: LinkSpec) -> list[str]:
+    """``tc qdisc add|change`` of the netem leaf under class ``minor`` (the
+    leaf install_tree puts there: handle ``7474+minor:``), every option
+    given so a change leaves nothing of the old spec behind."""
+    def pct(x: float) -> str:
+        return f"{x * 100:.6g}%"
+    return ["qdisc", op, "dev", ifname, "parent", f"{ROOT_MAJOR:x}:{minor:x}",
+            "handle", f"{ROOT_MAJOR + minor:x}:", "netem", "limit", str(NETEM_LIMIT),
+            "delay", f"{round(spec.delay_s * 1e6)}us", f"{round(spec.jitter_s * 1e6)}us",
+            "loss", pct(spec.loss), "duplicate", pct(spec.duplicate),
+            "corrupt", pct(spec.corrupt)]
 
 
 def plan(egress: dict[str, LinkSpec]) -> list[ClassPlan]:

@@ -6,8 +6,14 @@ JSON line on stdout per command:
 
     {"op": "add", "netns": PATH, "queue": N, "links": {DST_IP: {...}},
      "label": NAME, "rng_key": KEY}
+    {"op": "set", "netns": PATH, "dst": DST_IP, "spec": {...}}
     {"op": "stats"}
     {"op": "stop"}
+
+``set`` changes one link of a namespace already added, in place: packets
+already held keep their release time, the link keeps its RNG and counters,
+other links are untouched; a destination the namespace had no link to gets
+one (seeded as ``add`` would have seeded it).
 
 One process serves every namespace of a run: for each ``add`` it enters the
 namespace (setns), opens the netfilter queue socket and a raw socket there
@@ -82,11 +88,20 @@ class Link:
         ("seen", "dropped", "delayed", "duplicated", "corrupted",
          "duplicate_failed", "corrupt_skipped"), 0))
 
+    def update(self, spec: dict[str, Any]) -> None:
+        """New impairments for packets from now on; RNG and counters stay."""
+        for key in _SPEC_KEYS:
+            if key in spec:
+                setattr(self, key, float(spec[key]))
+
     def draw_delay(self) -> float:
         # Uniform in [delay - jitter, delay + jitter], netem's default shape.
         if self.jitter_s:
             return max(0.0, self.delay_s + self.rng.uniform(-self.jitter_s, self.jitter_s))
         return self.delay_s
+
+
+_SPEC_KEYS = ("delay_s", "jitter_s", "loss", "duplicate", "corrupt")
 
 
 def corrupt_packet(raw: bytes, rng: random.Random) -> bytes | None:
@@ -122,6 +137,8 @@ class NamespaceQueue:
         self.netns = netns
         self.links = links
         self.daemon = daemon
+        #: What the links' names and RNG keys are made from (set by "add").
+        self.label, self.rng_key = netns, ""
         host = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         try:
             setns(netns)
@@ -239,27 +256,30 @@ class Daemon:
             except Exception:
                 log.exception("flush action failed")
 
-    def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        op = cmd.get("op")
-        if op == "add":
-            links = {}
-            # The RNG key must not contain the netns path (it holds pids or
-            # run ids), or the same seed would not replay the same drops.
-            label, rng_key = cmd.get("label") or cmd["netns"], cmd.get("rng_key", "")
-            for dst, spec in cmd["links"].items():
-                name = f"{label}->{dst}"
-                links[socket.inet_aton(dst)] = Link(
-                    name=name, delay_s=float(spec.get("delay_s", 0)),
+    def make_link(self, label: str, rng_key: str, dst: str, spec: dict[str, Any]) -> Link:
+        # The RNG key must not contain the netns path (it holds pids or
+        # run ids), or the same seed would not replay the same drops.
+        return Link(name=f"{label}->{dst}", delay_s=float(spec.get("delay_s", 0)),
                     jitter_s=float(spec.get("jitter_s", 0)),
                     loss=float(spec.get("loss", 0)),
                     duplicate=float(spec.get("duplicate", 0)),
                     corrupt=float(spec.get("corrupt", 0)),
                     rng=random.Random(f"{self.seed}:{rng_key}:{dst}"))
+
+    def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        op = cmd.get("op")
+        if op == "add":
+            label, rng_key = cmd.get("label") or cmd["netns"], cmd.get("rng_key", "")
+            links = {socket.inet_aton(dst): self.make_link(label, rng_key, dst, spec)
+                     for dst, spec in cmd["links"].items()}
             nq = NamespaceQueue(self, cmd["netns"], int(cmd["queue"]), links)
+            nq.label, nq.rng_key = label, rng_key
             self.queues[nq.fd] = nq
             log.info("serving queue %s in %s for %s", cmd["queue"], cmd["netns"],
                      sorted(cmd["links"]))
             return {"ok": True}
+        if op == "set":
+            return self.set_link(cmd["netns"], cmd["dst"], cmd["spec"])
         if op == "stats":
             return {"ok": True, "links": {
                 link.name: dict(link.counters)
@@ -268,6 +288,24 @@ class Daemon:
             self.running = False
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
+
+    def set_link(self, netns: str, dst: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """The ``set`` op: change (or create) the link of ``netns`` to ``dst``."""
+        unknown = set(spec) - set(_SPEC_KEYS)
+        if unknown:
+            return {"ok": False, "error": f"unknown link keys {sorted(unknown)}"}
+        nq = next((q for q in self.queues.values() if q.netns == netns), None)
+        if nq is None:
+            return {"ok": False, "error": f"netns {netns} is not served; add it first"}
+        key = socket.inet_aton(dst)
+        link = nq.links.get(key)
+        if link is None:
+            nq.links[key] = link = self.make_link(nq.label, nq.rng_key, dst, spec)
+            log.info("new link %s: %s", link.name, spec)
+        else:
+            link.update(spec)
+            log.info("link %s now %s", link.name, spec)
+        return {"ok": True, "link": link.name}
 
     def serve(self, control_in: Any, control_out: Any, wakeup: int) -> None:
         """Run until "stop", stdin EOF or a signal (which writes to ``wakeup``)."""

@@ -108,6 +108,27 @@ def install_tree(netns_path: str, ifname: str, plans: list[ClassPlan]) -> None:
                      plan.classid, plan.dst, plan.rate_bps, plan.netem)
 
 
+# --- live changes: ``tc`` argument lists (run by testbed.emulate.impair._tc) ---
+
+def _classid(minor: int) -> str:
+    return f"{ROOT_MAJOR:x}:{minor:x}"
+
+
+def class_args(op: str, ifname: str, minor: int, rate_bps: float | None) -> list[str]:
+    """``tc class add|change`` of one destination's htb class (None: unlimited)."""
+    rate = f"{int(rate_bps if rate_bps is not None else UNLIMITED_BPS)}bit"
+    return ["class", op, "dev", ifname, "parent", f"{ROOT_MAJOR:x}:", "classid",
+            _classid(minor), "htb", "rate", rate, "ceil", rate]
+
+
+def filter_args(ifname: str, minor: int, dst: str) -> list[str]:
+    """``tc filter add``: packets to ``dst`` go to class ``minor``."""
+    u32_dst_key(dst)
+    return ["filter", "add", "dev", ifname, "parent", f"{ROOT_MAJOR:x}:", "protocol", "ip",
+            "prio", str(FILTER_PRIO), "u32", "match", "ip", "dst", f"{dst}/32",
+            "flowid", _classid(minor)]
+
+
 def remove_tree(netns_path: str, ifname: str) -> bool:
     """Delete our root qdisc (and with it classes, filters, leaves).
 

@@ -55,16 +55,26 @@ def install(netns_path: str, chain: str, queue_num: int, dsts: list[str]) -> Non
     run_in_netns(netns_path, [*ipt, "-N", chain])
     try:
         for dst in dsts:
-            u32_dst_key(dst)  # validates dst as IPv4 with a clear message
-            run_in_netns(netns_path, [
-                *ipt, "-A", chain, "-d", f"{dst}/32",
-                "-m", "mark", "!", "--mark", hex(DUPLICATE_MARK),
-                "-j", "NFQUEUE", "--queue-num", str(queue_num)])
+            run_in_netns(netns_path, [*ipt, *_queue_rule(chain, queue_num, dst)])
         run_in_netns(netns_path, [*ipt, "-A", "OUTPUT", "-j", chain])
     except Exception:
         remove(netns_path, chain)
         raise
     log.info("%s: chain %s queues %s to %d", netns_path, chain, dsts, queue_num)
+
+
+def _queue_rule(chain: str, queue_num: int, dst: str) -> list[str]:
+    u32_dst_key(dst)  # validates dst as IPv4 with a clear message
+    return ["-A", chain, "-d", f"{dst}/32", "-m", "mark", "!", "--mark", hex(DUPLICATE_MARK),
+            "-j", "NFQUEUE", "--queue-num", str(queue_num)]
+
+
+def add_dst(netns_path: str, chain: str, queue_num: int, dst: str) -> None:
+    """Queue packets to one more destination in an installed chain (a link
+    that was clean when the run started and is impaired now)."""
+    run_in_netns(netns_path, ["iptables", "-w", "-t", TABLE,
+                              *_queue_rule(chain, queue_num, dst)])
+    log.info("%s: chain %s now also queues %s", netns_path, chain, dst)
 
 
 def remove(netns_path: str, chain: str) -> None:
