@@ -170,20 +170,33 @@ def plot_cdfs(rows: list[FlowComparison], out_dir: Path,
     ax.legend(loc="lower right")
     paths.append(_save(fig, out_dir / "cdf-all.png", plt))
     flows = [r for r in rows if r.emu.latencies or r.sim.latencies]
-    pages = [flows[i:i + PANELS_PER_PAGE] for i in range(0, len(flows), PANELS_PER_PAGE)]
+    paths += _pages(plt, flows, 3, (4.2, 3.0),
+                    lambda ax, row: _draw(ax, row.emu.latencies, row.sim.latencies, row.flow),
+                    dict(loc="lower right", fontsize="small"),
+                    f"{title}: one-way latency CDF per flow", out_dir / "cdf-flows")
+    return paths
+
+
+def _pages(plt: Any, items: list[Any], max_cols: int, panel_in: tuple[float, float],
+           draw: Any, legend: dict[str, Any], suptitle: str, stem: Path) -> list[Path]:
+    """One panel per item (``draw(ax, item)``), PANELS_PER_PAGE panels a
+    page, up to ``max_cols`` columns; the legend on the first panel; pages
+    saved as ``<stem>.png`` or, when there are several, ``<stem>-<n>.png``."""
+    pages = [items[i:i + PANELS_PER_PAGE] for i in range(0, len(items), PANELS_PER_PAGE)]
+    paths: list[Path] = []
     for n, page in enumerate(pages, 1):
-        cols = min(3, len(page))
+        cols = min(max_cols, len(page))
         nrows = -(-len(page) // cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows),
+        fig, axes = plt.subplots(nrows, cols, figsize=(panel_in[0] * cols, panel_in[1] * nrows),
                                  squeeze=False)
-        for ax, row in zip(axes.flat, page):
-            _draw(ax, row.emu.latencies, row.sim.latencies, row.flow)
+        for ax, item in zip(axes.flat, page):
+            draw(ax, item)
         for ax in list(axes.flat)[len(page):]:
             ax.set_visible(False)
-        axes.flat[0].legend(loc="lower right", fontsize="small")
+        axes.flat[0].legend(**legend)
         suffix = f"-{n}" if len(pages) > 1 else ""
-        fig.suptitle(f"{title}: one-way latency CDF per flow")
-        paths.append(_save(fig, out_dir / f"cdf-flows{suffix}.png", plt))
+        fig.suptitle(suptitle)
+        paths.append(_save(fig, stem.with_name(f"{stem.name}{suffix}.png"), plt))
     return paths
 
 
@@ -232,50 +245,41 @@ def plot_timeline(emu_events: Iterable[dict[str, Any]], sim_events: Iterable[dic
     emu = _send_latency(emu_events, emu_t0, None)
     sim = _send_latency(sim_events, 0.0, 0)
     flows = sorted(set(emu) | set(sim))
-    pages = [flows[i:i + PANELS_PER_PAGE] for i in range(0, len(flows), PANELS_PER_PAGE)]
-    paths: list[Path] = []
-    for n, page in enumerate(pages, 1):
-        cols = min(2, len(page))
-        nrows = -(-len(page) // cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(6.0 * cols, 3.4 * nrows),
-                                 squeeze=False)
-        for ax, flow in zip(axes.flat, page):
-            for side, name, marker, colour in ((emu, "emulated", ".", "C0"),
-                                               (sim, "simulated", "x", "C1")):
-                points, lost = side.get(flow, ([], []))
-                if points:
-                    ax.scatter([p[0] for p in points], [p[1] * 1000 for p in points],
-                               s=10 if marker == "." else 14, marker=marker, color=colour,
-                               linewidths=0.8, label=f"{name} (n={len(points)})")
-                if lost:
-                    bottom = blended_transform_factory(ax.transData, ax.transAxes)
-                    y = 0.02 if name == "emulated" else 0.06
-                    ax.scatter(lost, [y] * len(lost), transform=bottom, marker="|",
-                               s=30, color=colour, alpha=0.7,
-                               label=f"{name}: lost ({len(lost)})")
-            top = blended_transform_factory(ax.transData, ax.transAxes)
-            for t, label in events:
-                ax.axvline(t, color="0.4", linestyle=":", linewidth=1)
-                ax.text(t, 0.98, f" {label}", transform=top, rotation=90, va="top",
-                        ha="left", fontsize="x-small", color="0.3")
-            ax.set_yscale("log")
-            if any(side.get(flow, ([], []))[1] for side in (emu, sim)):
-                lo, hi = ax.get_ylim()      # room at the bottom for the lost ticks
-                ax.set_ylim(lo / 1.8, hi * 1.2)
-            ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-            ax.set_title(flow, fontsize="medium")
-            ax.set_xlabel("send time (s from the start)")
-            ax.set_ylabel("one-way latency (ms)")
-            ax.grid(True, alpha=0.3)
-        for ax in list(axes.flat)[len(page):]:
-            ax.set_visible(False)
-        axes.flat[0].legend(loc="upper right", fontsize="x-small")
-        suffix = f"-{n}" if len(pages) > 1 else ""
-        fig.suptitle(f"{title}: latency over time (dotted: fault timeline events)")
-        paths.append(_save(fig, out_dir / f"latency-time{suffix}.png", plt))
-    return paths
+
+    def draw(ax: Any, flow: str) -> None:
+        for side, name, marker, colour in ((emu, "emulated", ".", "C0"),
+                                           (sim, "simulated", "x", "C1")):
+            points, lost = side.get(flow, ([], []))
+            if points:
+                ax.scatter([p[0] for p in points], [p[1] * 1000 for p in points],
+                           s=10 if marker == "." else 14, marker=marker, color=colour,
+                           linewidths=0.8, label=f"{name} (n={len(points)})")
+            if lost:
+                bottom = blended_transform_factory(ax.transData, ax.transAxes)
+                y = 0.02 if name == "emulated" else 0.06
+                ax.scatter(lost, [y] * len(lost), transform=bottom, marker="|",
+                           s=30, color=colour, alpha=0.7,
+                           label=f"{name}: lost ({len(lost)})")
+        top = blended_transform_factory(ax.transData, ax.transAxes)
+        for t, label in events:
+            ax.axvline(t, color="0.4", linestyle=":", linewidth=1)
+            ax.text(t, 0.98, f" {label}", transform=top, rotation=90, va="top",
+                    ha="left", fontsize="x-small", color="0.3")
+        ax.set_yscale("log")
+        if any(side.get(flow, ([], []))[1] for side in (emu, sim)):
+            lo, hi = ax.get_ylim()      # room at the bottom for the lost ticks
+            ax.set_ylim(lo / 1.8, hi * 1.2)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.set_title(flow, fontsize="medium")
+        ax.set_xlabel("send time (s from the start)")
+        ax.set_ylabel("one-way latency (ms)")
+        ax.grid(True, alpha=0.3)
+
+    return _pages(plt, flows, 2, (6.0, 3.4), draw, dict(loc="upper right", fontsize="x-small"),
+                  f"{title}: latency over time (dotted: fault timeline events)",
+                  out_dir / "latency-time")
 
 
 def _draw(ax: Any, emu: list[float], sim: list[float], label: str) -> None:

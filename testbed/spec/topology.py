@@ -653,19 +653,8 @@ class _Reader:
         directed: dict[tuple[str, str], tuple[str, Any, _Loc | None]] = {}
         for key, props in value.items():
             entry, key_at = f"links[{key!r}]", _at(value, key, of_key=True)
-            text = str(key)
-            sep = next((s for s in LINK_SEPARATORS if s in text), None)
-            parts = [p.strip() for p in text.split(sep)] if sep else []
-            if len(parts) != 2:
-                raise self.fail(entry, f"{text!r} is not a link",
-                                "name a link 'a->b' (one direction) or "
-                                "'a<->b' (both directions)", key_at)
-            src = self.endpoint(parts[0], entry, ensembles, key_at)
-            dst = self.endpoint(parts[1], entry, ensembles, key_at)
-            if src == dst:
-                raise self.fail(entry, "a link from an ensemble to itself",
-                                "name two different ensembles", key_at)
-            if sep == "->":
+            src, dst, both = self.link_name(key, entry, ensembles, key_at)
+            if not both:
                 if (src, dst) in directed:
                     raise self.fail(entry, f"link {src}->{dst} is given twice",
                                     "keep one entry per direction", key_at)
@@ -771,7 +760,8 @@ class _Reader:
 
     def link_name(self, raw: Any, entry: str, ensembles: tuple[str, ...],
                   at: _Loc | None) -> tuple[str, str, bool]:
-        """``'a->b'`` -> (a, b, False); ``'a<->b'`` -> (a, b, True)."""
+        """``'a->b'`` -> (a, b, False); ``'a<->b'`` -> (a, b, True): a
+        ``links:`` key and an event's ``link:`` alike."""
         text = raw if isinstance(raw, str) else ""
         sep = next((s for s in LINK_SEPARATORS if s in text), None)
         parts = [p.strip() for p in text.split(sep)] if sep else []
