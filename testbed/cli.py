@@ -228,35 +228,20 @@ def _hold_serving_set(run_dir: Path, topo, hosts: dict, impair) -> None:
 
 def cmd_set(args) -> int:
     """Change one link (or both directions) of the live `up`."""
-    from testbed.emulate.control import ControlError, live_ups, request
+    from testbed.emulate.access import find_up
+    from testbed.emulate.control import ControlError, request
     from testbed.spec.topology import parse_assignments
     if "->" not in args.link:
         print(f"error: {args.link!r} is not a link. Fix: write 'a->b' or 'a<->b' in quotes "
               "(unquoted, the shell reads > and < as redirections)", file=sys.stderr)
         return 2
     props = parse_assignments(args.assignments)      # TopologyError: exit 2
-    root = Path(args.results)
-    if args.run is not None:
+    # The same live `up` exec and shell find (AccessError: exit 2), or a
+    # run directory given by path.
+    if args.run is not None and Path(args.run).is_dir():
         run_dir = Path(args.run)
-        if not run_dir.is_dir():
-            matches = [d for d in live_ups(root) if d.name in (args.run, f"{args.run}-up")]
-            if not matches:
-                print(f"error: no live `testbed up` named {args.run!r} under {root}",
-                      file=sys.stderr)
-                return 2
-            run_dir = matches[0]
     else:
-        ups = live_ups(root)
-        if not ups:
-            print(f"error: no `testbed up` is holding under {root}. Fix: start one with "
-                  "`python -m testbed up TOPOLOGY` (same --results)", file=sys.stderr)
-            return 2
-        if len(ups) > 1:
-            print("error: several `testbed up` are live: "
-                  f"{', '.join(d.name for d in ups)}. Fix: pick one with --run",
-                  file=sys.stderr)
-            return 2
-        run_dir = ups[0]
+        run_dir = Path(find_up(args.run).run_dir)
     try:
         reply = request(run_dir, {"op": "set", "link": args.link, "set": props})
     except ControlError as exc:

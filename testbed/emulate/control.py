@@ -6,7 +6,9 @@ on socket path lengths or permissions:
 
 - ``up.json``: written by the ``up`` process when it starts holding:
   ``{"pid", "topology", "ensembles", "started"}``; removed when it stops.
-  A client trusts it only while that pid is alive.
+  A client trusts it only while that pid is alive. Clients find the run
+  directory of a live ``up`` the way ``exec`` does
+  (:func:`testbed.emulate.access.find_up`).
 - ``req-<client pid>-<n>.json``: a request, written atomically by a client
   (:func:`request`): ``{"op": "set", "link": "a->b", "set": {"delay":
   "80ms"}}``, link fields as a topology file writes them.
@@ -93,20 +95,6 @@ class ControlServer:
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def live_ups(results_root: Path) -> list[Path]:
-    """Run directories of ``up`` processes still holding under
-    ``results_root`` (``<topology>/<run-id>-up``), oldest first."""
-    found = []
-    for up in Path(results_root).glob(f"*/*-up/{CONTROL_DIR}/{UP_FILE}"):
-        try:
-            info = read_json(up)
-        except (OSError, ValueError):
-            continue
-        if isinstance(info, dict) and _alive(info.get("pid")):
-            found.append((float(info.get("started", 0)), up.parent.parent))
-    return [run_dir for _, run_dir in sorted(found)]
 
 
 _counter = itertools.count()

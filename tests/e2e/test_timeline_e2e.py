@@ -260,5 +260,5 @@ def test_set_changes_a_link_of_a_held_up(tmp_path):
     for _, ns in hosts.values():
         assert not os.path.exists(f"/run/netns/{ns}")
     done = _set(results, "a->b", "delay=1ms")
-    assert done.returncode == 2 and "no `testbed up`" in done.stderr
+    assert done.returncode == 2 and "testbed up` is holding" in done.stderr
     assert not list(results.glob("*/*/control"))

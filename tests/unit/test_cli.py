@@ -169,8 +169,10 @@ def no_up(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv", [["exec", "a", "--", "true"], ["shell", "a"],
-                                  ["exec", "--run", "nope", "a", "--", "true"]])
-def test_exec_and_shell_without_a_live_up_exit_2_saying_so(no_up, capsys, argv):
+                                  ["exec", "--run", "nope", "a", "--", "true"],
+                                  ["set", "a->b", "delay=5ms"],
+                                  ["set", "--run", "nope", "a->b", "delay=5ms"]])
+def test_exec_shell_and_set_without_a_live_up_exit_2_saying_so(no_up, capsys, argv):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no `python -m testbed up` is holding hosts")
@@ -193,3 +195,39 @@ def test_exec_of_an_unknown_ensemble_or_no_command_exits_2(no_up, capsys):
     assert "no ensemble 'zz'" in capsys.readouterr().err
     assert main(["exec", "a"]) == 2
     assert "no command given" in capsys.readouterr().err
+
+
+def test_set_finds_the_live_up_like_exec_and_asks_its_control_directory(no_up, capsys):
+    import json
+    import os
+    import threading
+
+    from testbed.emulate.access import HostInfo, UpState, write_state
+    from testbed.emulate.control import ControlServer
+    (no_up / "runs").mkdir()
+    (no_up / "runs" / "abc123.json").write_text(json.dumps(
+        {"run_id": "abc123", "backend": "netns", "subnet": "10.210.1.0/24",
+         "pid": os.getpid()}))
+    run_dir = no_up / "tiny" / "20260101-000000-abcd-up"
+    write_state(UpState(run_dir.name, "abc123", "netns", "tiny", os.getpid(), str(run_dir),
+                        {"a": HostInfo("10.210.1.2", "/run/netns/x", "eth0")}), no_up / "up")
+    seen = []
+
+    def handler(req):
+        seen.append(req)
+        return {"ok": True, "links": {"a->b": "a->b delay=5ms"}}
+    server = ControlServer(run_dir, handler)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: [server.poll() or stop.wait(0.01)
+                                              for _ in iter(stop.is_set, True)])
+    thread.start()
+    try:
+        assert main(["set", "a->b", "delay=5ms"]) == 0          # the only live up
+        assert main(["set", "--run", "abcd-up", "a->b", "delay=5ms"]) == 0   # by suffix
+        assert main(["set", "--run", str(run_dir), "a->b", "delay=5ms"]) == 0  # by path
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+    assert capsys.readouterr().out.count("a->b now delay=5ms") == 3
+    assert seen == [{"op": "set", "link": "a->b", "set": {"delay": "5ms"}}] * 3

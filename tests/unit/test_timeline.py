@@ -5,6 +5,7 @@ control channel, and the latency-over-time plot."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import socket
@@ -641,7 +642,7 @@ def test_sim_network_set_link_and_interface_faults():
 # --- `testbed set`: the control channel of a held `up` --------------------------
 
 def test_control_request_and_reply(tmp_path):
-    from testbed.emulate.control import ControlServer, live_ups, request
+    from testbed.emulate.control import ControlError, ControlServer, request
     run_dir = tmp_path / "topo" / "20260101-000000-abcd-up"
     seen = []
 
@@ -649,7 +650,7 @@ def test_control_request_and_reply(tmp_path):
         seen.append(req)
         return {"ok": True, "echo": req["link"]}
     server = ControlServer(run_dir, handler, {"topology": "topo"})
-    assert live_ups(tmp_path) == [run_dir]
+    assert json.loads((run_dir / "control" / "up.json").read_text())["pid"] == os.getpid()
     stop = threading.Event()
 
     def serve():
@@ -667,17 +668,18 @@ def test_control_request_and_reply(tmp_path):
     assert seen == [{"op": "set", "link": "a->b", "set": {}}]
     assert not list((run_dir / "control").glob("re*-*.json"))
     server.close()
-    assert live_ups(tmp_path) == []
+    assert not (run_dir / "control").exists()
+    with pytest.raises(ControlError, match="no `testbed up`"):
+        request(run_dir, {"op": "set"})
 
 
 def test_control_without_a_live_up(tmp_path):
-    from testbed.emulate.control import ControlError, live_ups, request
+    from testbed.emulate.control import ControlError, request
     ctl = tmp_path / "t" / "x-up" / "control"
     ctl.mkdir(parents=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
     (ctl / "up.json").write_text(json.dumps({"pid": dead.pid}))
-    assert live_ups(tmp_path) == []
     with pytest.raises(ControlError, match="gone"):
         request(ctl.parent, {"op": "set"})
     with pytest.raises(ControlError, match="no `testbed up`"):
@@ -705,11 +707,15 @@ def test_link_setter_updates_both_directions_over_the_spec_in_force():
     assert not handle({"op": "set", "link": "a->b", "set": {}})["ok"]
 
 
-def test_cli_set_exits_2_without_a_live_up_or_with_bad_input(tmp_path, capsys):
+def test_cli_set_exits_2_without_a_live_up_or_with_bad_input(tmp_path, capsys, monkeypatch):
+    import testbed.emulate.access as access
+    import testbed.emulate.net as net
     from testbed.cli import main
+    monkeypatch.setattr(access, "STATE_DIR", tmp_path / "up")
+    monkeypatch.setattr(net, "RUNS_DIR", tmp_path / "runs")
     root = str(tmp_path)
     assert main(["--results", root, "set", "a->b", "delay=80ms"]) == 2
-    assert "no `testbed up` is holding" in capsys.readouterr().err
+    assert "testbed up` is holding" in capsys.readouterr().err
     assert main(["--results", root, "set", "a-", "delay=80ms"]) == 2
     assert "quotes" in capsys.readouterr().err
     assert main(["--results", root, "set", "a->b", "delay=80"]) == 2
