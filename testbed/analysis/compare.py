@@ -425,16 +425,23 @@ def write_report(run_dir: Path, rows: list[FlowComparison], plots: list[Path],
     return report
 
 
+def flow_ends(topology: Topology, name: str, seen: tuple[str, str]) -> tuple[str, str]:
+    """A flow's (src, dst): the topology's, or, for an app's flow (not in
+    the topology), ``seen``: the ends its events name."""
+    for f in topology.flows:
+        if f.name == name:
+            return f.src, f.dst
+    return seen
+
+
 def delay_floor_violations(topology: Topology, emu_events: Iterable[dict[str, Any]],
                            slack_s: float = DELAY_FLOOR_SLACK_S) -> list[str]:
     """Flows whose fastest emulated message beat the link's configured delay
     (minus jitter and slack): proof the impairment was not applied. An empty
     list means the impairment was applied."""
     problems = []
-    by_name = {f.name: f for f in topology.flows}
     for name, fs in flow_stats(emu_events).items():
-        flow = by_name.get(name)
-        src, dst = (flow.src, flow.dst) if flow is not None else (fs.src, fs.dst)
+        src, dst = flow_ends(topology, name, (fs.src, fs.dst))
         if src not in topology.ensembles or dst not in topology.ensembles or fs.min is None:
             continue
         link = topology.link(src, dst)

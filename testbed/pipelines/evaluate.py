@@ -78,7 +78,7 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
 
     Raises NotAnEmulatedRun for a simulated run directory or a directory
     without an emulated run's files."""
-    from testbed.analysis.compare import (compare, delay_floor_violations, plot_cdfs,
+    from testbed.analysis.compare import (compare, delay_floor_violations, flow_ends, plot_cdfs,
                                           record_comparison, write_report)
     from testbed.analysis.fidelity import judge
     from testbed.simulate.host import HostModel
@@ -110,15 +110,11 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
     rows = compare(emu, sim)
     sim_meta = json.loads((sim_dir / "meta.json").read_text())
     floor = delay_floor_violations(topo, emu)
-    by_name = {f.name: f for f in topo.flows}
-
     ends = {r.flow: (r.emu.src or r.sim.src, r.emu.dst or r.sim.dst) for r in rows}
 
     def in_target(flow_name: str) -> bool:
-        # A message crosses both directions (REQ out, ACK_START back). App
-        # flows are not in the topology: their ends come from the events.
-        f = by_name.get(flow_name)
-        src, dst = (f.src, f.dst) if f is not None else ends.get(flow_name, ("", ""))
+        # A message crosses both directions (REQ out, ACK_START back).
+        src, dst = flow_ends(topo, flow_name, ends.get(flow_name, ("", "")))
         if src not in topo.ensembles or dst not in topo.ensembles:
             return False
         return min(topo.link(src, dst).delay_s,
