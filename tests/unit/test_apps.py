@@ -129,3 +129,17 @@ def test_pack_apps_copies_the_files_and_rewrites_the_paths(tmp_path):
     # the run directory alone simulates it again
     events, _ = simulate_events(packed)
     assert any(e["event"] == "record" and e["name"] == "e2e_latency_s" for e in events)
+
+
+def test_simulate_command_prints_the_apps_measurements(tmp_path, capsys):
+    from testbed.cli import main
+    (tmp_path / "echo.py").write_text((APPS / "echo.py").read_text())
+    path = tmp_path / "apps.yaml"
+    path.write_text(f"name: apps\nensembles:\n{PINGPONG}\nduration: 10s\n"
+                    "defaults: {delay: 10ms}\n")
+    assert main(["--results", str(tmp_path / "results"), "simulate", str(path)]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("apps: app measurements, simulated"):]
+    # rtt_s: 50 records per replication, p50 ~ 2 x (10 ms + host cost)
+    cells = next(line for line in table.splitlines() if line.startswith("rtt_s")).split()
+    assert cells[2] == "50.0" and 0.058 < float(cells[4]) < 0.08, cells
