@@ -10,7 +10,6 @@ complete pcaps.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from ttnet.wire import MAX_DATA, packet_count
 pytestmark = [pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
-DISSECTOR = ROOT / "tools" / "wireshark" / "ttnet.lua"
 FIELDS = ["ip.src", "ip.dst", "ttnet.type", "ttnet.msgid", "ttnet.num_packets", "ttnet.seq",
           "ttnet.len", "ttnet.crc.status", "ttnet.tb.flow", "ttnet.tb.msg"]
 SIZES = [100, 1200, 1201, 5000, 30000]
@@ -51,17 +49,8 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 def decode(pcap: Path) -> list[dict[str, str]]:
-    tshark = shutil.which("tshark")
-    assert tshark, "tshark is missing: run `make deps` (scripts/install-deps.sh installs it)"
-    cmd = [tshark, "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(pcap), "-T", "fields",
-           "-E", "separator=/t", "-E", "occurrence=f"]
-    for name in FIELDS:
-        cmd += ["-e", name]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr           # a cut-short pcap is an error here
-    assert "cut short" not in out.stderr and "Lua" not in out.stderr, out.stderr
-    return [dict(zip(FIELDS, line.split("\t"), strict=True))
-            for line in out.stdout.splitlines()]
+    from tests.unit.test_wireshark_dissector import dissect
+    return dissect(pcap, FIELDS)
 
 
 def own_resources(tag: str) -> list[str]:

@@ -52,17 +52,21 @@ def write_pcap(path: Path, packets: list[bytes]) -> None:
     path.write_bytes(b"".join(out))
 
 
-def dissect(pcap: Path) -> list[dict[str, str]]:
+def dissect(pcap: Path, fields: list[str] = FIELDS) -> list[dict[str, str]]:
+    """Each packet of ``pcap`` decoded by tshark with the dissector: the
+    first occurrence of each of ``fields``. A Lua error, a read error or a
+    cut-short capture fails the test. (The e2e capture test uses it too.)"""
     tshark = shutil.which("tshark")
     assert tshark, "tshark is missing: run `make deps` (scripts/install-deps.sh installs it)"
     cmd = [tshark, "-n", "-X", f"lua_script:{DISSECTOR}", "-r", str(pcap), "-T", "fields",
            "-E", "separator=/t", "-E", "occurrence=f"]
-    for name in FIELDS:
+    for name in fields:
         cmd += ["-e", name]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+    assert "cut short" not in out.stderr, out.stderr
     assert "Lua" not in out.stderr and "rror" not in out.stderr, out.stderr
-    return [dict(zip(FIELDS, line.split("\t"), strict=True))
+    return [dict(zip(fields, line.split("\t"), strict=True))
             for line in out.stdout.splitlines()]
 
 
