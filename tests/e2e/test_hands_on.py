@@ -7,11 +7,13 @@ writes), and every exec names that run with ``--run``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,14 +45,14 @@ def own_resources(tag: str) -> list[str]:
     return out
 
 
-@pytest.fixture
-def live_up(request, tmp_path):
-    """`up tiny --backend X` held in a subprocess: yields its state (from
-    the run directory's hosts.json); SIGINT and a check that its own
-    resources are gone afterwards, also when the test fails."""
-    backend = request.param
-    proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", str(TINY), "--backend",
-                             backend, "--results", str(tmp_path)], cwd=ROOT,
+@contextlib.contextmanager
+def held_up(topology: Path, backend: str, results: Path) -> Iterator[dict]:
+    """`up TOPOLOGY --backend X` held in a subprocess: yields its state (the
+    run directory's hosts.json); then SIGINT, exit 0 and "down in", and a
+    check that its own resources are gone, also when the test fails. (The
+    timeline e2e test's `set` case uses it too.)"""
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "up", str(topology), "--backend",
+                             backend, "--results", str(results)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tag = None
     try:
@@ -65,11 +67,11 @@ def live_up(request, tmp_path):
         else:
             raise AssertionError("up never held")
         assert "holding" in "".join(seen), "".join(seen)
-        (hosts_file,) = tmp_path.glob("tiny/*-up/hosts.json")
+        (hosts_file,) = results.glob("*/*-up/hosts.json")
         state = json.loads(hosts_file.read_text())
         tag = state["tag"]
         assert (STATE_DIR / f"{tag}.json").exists()
-        assert state["backend"] == backend and set(state["hosts"]) == {"a", "b"}
+        assert state["backend"] == backend
         yield state
     finally:
         if proc.poll() is None:
@@ -80,11 +82,20 @@ def live_up(request, tmp_path):
                 proc.kill()
                 rest, _ = proc.communicate()
             assert proc.returncode == 0, rest
+            assert "down in" in rest, rest
         if tag is not None:
             left = own_resources(tag)
             if left:
                 cli("down")
             assert left == []
+
+
+@pytest.fixture
+def live_up(request, tmp_path):
+    """`up tiny` held on the backend given as the parameter."""
+    with held_up(TINY, request.param, tmp_path) as state:
+        assert set(state["hosts"]) == {"a", "b"}
+        yield state
 
 
 @pytest.mark.timeout(300)

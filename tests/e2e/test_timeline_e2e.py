@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -212,53 +210,30 @@ def test_set_changes_a_link_of_a_held_up(tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text(textwrap.dedent(TWO))
     results = tmp_path / "results"
-    up = subprocess.Popen([sys.executable, "-m", "testbed", "--results", str(results), "up",
-                           str(path), "--backend", "netns"], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-    hosts: dict[str, tuple[str, str]] = {}
-    try:
-        seen = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            m = re.match(r"\s+(\w+)\s+([\d.]+)\s+netns (\S+)", line)
-            if m:
-                hosts[m.group(1)] = (m.group(2), Path(m.group(3)).name)
-            if "testbed set LINK" in line:
-                break
-        assert set(hosts) == {"a", "b"}, "".join(seen)
-        ns_a, ip_b = hosts["a"][1], hosts["b"][0]
+    from tests.e2e.test_hands_on import held_up
+    with held_up(path, "netns", results) as state:
+        hosts = state["hosts"]
+        assert set(hosts) == {"a", "b"}
+        ns_a, ip_b = Path(hosts["a"]["netns_path"]).name, hosts["b"]["ip"]
+        run_id = state["run_id"]      # other `up`s may be live on this machine
         before, got = _ping_ms(ns_a, ip_b)
         assert got == 10 and 19 < before < 26, before             # 10 ms each way
-        done = _set(results, "a->b", "delay=50ms")
+        done = _set(results, "--run", run_id, "a->b", "delay=50ms")
         assert done.returncode == 0, done.stderr
         assert "a->b now delay=50ms" in done.stdout
         after, got = _ping_ms(ns_a, ip_b)
         assert got == 10 and 59 < after < 66, after                # 50 + 10 ms
-        done = _set(results, "a<->b", "delay=0", "loss=100%")
+        done = _set(results, "--run", run_id, "a<->b", "delay=0", "loss=100%")
         assert done.returncode == 0, done.stderr
         assert _ping_ms(ns_a, ip_b, count=5)[1] == 0
-        done = _set(results, "a<->b", "loss=0%")
+        done = _set(results, "--run", run_id, "a<->b", "loss=0%")
         assert done.returncode == 0 and _ping_ms(ns_a, ip_b)[0] < 5
         for bad, words in ((("a->x", "delay=1ms"), "unknown ensemble 'x'"),
                            (("a->b", "delay=1"), "no unit"),
                            (("a->b", "latency=1ms"), "unknown link field")):
-            done = _set(results, *bad)
+            done = _set(results, "--run", run_id, *bad)
             assert done.returncode == 2 and words in done.stderr, done.stderr
-    finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            rest, _ = up.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            rest, _ = up.communicate()
-    assert up.returncode == 0, rest
-    assert "down in" in rest
-    for _, ns in hosts.values():
-        assert not os.path.exists(f"/run/netns/{ns}")
-    done = _set(results, "a->b", "delay=1ms")
-    assert done.returncode == 2 and "testbed up` is holding" in done.stderr
+    done = _set(results, "--run", run_id, "a->b", "delay=1ms")
+    assert done.returncode == 2, done.stderr
+    assert "testbed up` is holding" in done.stderr or "matches no live" in done.stderr
     assert not list(results.glob("*/*/control"))
