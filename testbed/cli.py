@@ -84,7 +84,6 @@ def _print_records(emu_dir: Path | None, sim_dir: Path, title: str) -> None:
 
 def cmd_run(args) -> int:
     from testbed.emulate.run import run_emulation
-    from testbed.analysis.compare import comparison_rows
     code = 0
     topologies = [_load(name) for name in args.topology]    # all checked before any runs
     with live_progress() as monitor:
@@ -96,19 +95,33 @@ def cmd_run(args) -> int:
             if res.meta.get("capture"):
                 say(f"[{name}] packet captures in {res.run_dir / 'capture'} (docs/capture.md)")
             _summarise(res.run_dir)
-            if not res.ok:
-                say(f"[{name}] agents exited with {res.meta.get('exit_codes')}; "
-                    f"see {res.run_dir}/logs")
-                code = 1
-            if not args.no_compare:
-                rows, verdict, report = compare_run(res.run_dir)
-                print_table(comparison_rows(rows, title=f"{name}: emulated vs simulated"))
-                _print_records(res.run_dir, res.run_dir / "sim",
-                               f"{name}: app measurements, emulated vs simulated")
-                _print_verdict(verdict, name)
-                say(f"[{name}] report: {report}")
-                if verdict is not None and not verdict.ok:
-                    code = 1
+            if args.no_compare:
+                code |= _present(name, res, None)
+                continue
+            judged = compare_run(res.run_dir)
+            code |= _present(name, res, judged)
+            say(f"[{name}] report: {judged[2]}")
+    return code
+
+
+def _present(name: str, res, judged) -> int:
+    """A run's comparison table, app measurements and verdict (``judged``:
+    what compare_run returned, or None when not compared), and whether its
+    agents all exited 0. Returns 1 when the run or its verdict failed."""
+    from testbed.analysis.compare import comparison_rows
+    code = 0
+    if judged is not None:
+        rows, verdict, _ = judged
+        print_table(comparison_rows(rows, title=f"{name}: emulated vs simulated"))
+        _print_records(res.run_dir, res.run_dir / "sim",
+                       f"{name}: app measurements, emulated vs simulated")
+        _print_verdict(verdict, name)
+        if verdict is not None and not verdict.ok:
+            code = 1
+    if not res.ok:
+        say(f"[{name}] agents exited with {res.meta.get('exit_codes')}; "
+            f"see {res.run_dir}/logs")
+        code = 1
     return code
 
 
@@ -396,7 +409,6 @@ def cmd_all(args) -> int:
     the end-to-end suite, and the final tables."""
     import subprocess
 
-    from testbed.analysis.compare import comparison_rows
     from testbed.emulate.run import run_emulation
     t0 = time.monotonic()
     results = Path(args.results)
@@ -429,14 +441,7 @@ def cmd_all(args) -> int:
         m = res.meta
         say(f"== {name}: backend {m.get('backend')}, impairments {m.get('impairment_engine')}, "
             f"up {m.get('up_s')}s, down {m.get('down_s')}s; report {report}")
-        print_table(comparison_rows(rows, title=f"{name}: emulated vs simulated"))
-        _print_records(res.run_dir, res.run_dir / "sim", f"{name}: app measurements")
-        _print_verdict(verdict, name)
-        if not res.ok:
-            say(f"[{name}] agents exited with {m.get('exit_codes')}; see {res.run_dir}/logs")
-            code = 1
-        if verdict is not None and not verdict.ok:
-            code = 1
+        code |= _present(name, res, (rows, verdict, report))
     print()
     for name, res, rows, verdict, report in summaries:
         outcome = "NOT JUDGED" if verdict is None else f"{verdict.outcome} ({verdict.counts()})"
