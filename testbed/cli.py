@@ -401,6 +401,10 @@ def cmd_calibrate(args) -> int:
         f"(emulated bulk median {info['measured_bulk_median_s'] * 1000:.2f} ms); emulator "
         f"capacity {info['capacity_pps']:.0f} datagrams/s -> "
         f"{Path(args.results) / calibration_name(info['backend'])}")
+    measured = info.get("measured_cpu_per_datagram_s") or {}
+    if measured:
+        say("agent process CPU per datagram sent or received (measured directly): "
+            + ", ".join(f"{e} {v * 1e6:.1f} us" for e, v in measured.items()))
     return 0
 
 

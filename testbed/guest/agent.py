@@ -18,7 +18,8 @@ Files in the results directory (all written by the host unless noted):
   ready-<name>         agent: socket bound, waiting for go   (agent)
   events-<name>.jsonl  agent: send/deliver/complete/fail events (agent)
   done-<name>          agent: own flows all resolved          (agent)
-  counters-<name>.json agent: ttnet counters at exit          (agent)
+  counters-<name>.json agent: ttnet counters at exit, and the
+                       agent's process_cpu_s                  (agent)
   outcome-<name>.json  agent: what became of its own messages (agent)
   apps/                the app files the plan names (copied by the host)
   <name>/              the program's TTNET_RUN_DIR                  (program)
@@ -65,6 +66,7 @@ import heapq
 import json
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -420,7 +422,11 @@ def run(name: str, results: Path) -> int:
         while time.time() < end_at and not all((results / d).exists() for d in everyone):
             time.sleep(0.05)
         time.sleep(LINGER_S)
-        write_json_atomic(results / f"counters-{name}.json", net.counters)
+        # The process's CPU time (user + system, every thread) next to the
+        # engine's packet counts: calibrate divides one by the other.
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        write_json_atomic(results / f"counters-{name}.json",
+                          {**net.counters, "process_cpu_s": usage.ru_utime + usage.ru_stime})
         summary = outcome.summary(name)
         if program is not None:
             summary["program"] = program.summary()

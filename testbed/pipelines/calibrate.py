@@ -135,6 +135,19 @@ def fit(topology: Topology, events: list[dict]) -> HostModel:
     return host
 
 
+def cpu_per_datagram(counters: dict[str, dict]) -> dict[str, float]:
+    """Per ensemble: the agent's process CPU time (user + system, all its
+    threads: engine, socket calls, callbacks) divided by the datagrams it
+    sent and received, from its ``counters-<name>.json``. Ensembles whose
+    counters lack either part are left out."""
+    out = {}
+    for name, c in sorted(counters.items()):
+        n = c.get("packets_sent", 0) + c.get("packets_received", 0)
+        if "process_cpu_s" in c and n > 0:
+            out[name] = c["process_cpu_s"] / n
+    return out
+
+
 def calibrate(backend: str | None = None, results_root: Path = Path("results"),
               progress=None) -> dict:
     from testbed.emulate.run import run_emulation
@@ -147,6 +160,7 @@ def calibrate(backend: str | None = None, results_root: Path = Path("results"),
     small = _latencies(events, "small")
     bulk_s = _median_latency(events, "bulk")
     datagrams = -(-topo.flows[0].sizes[0] // 1200)
+    cpu = cpu_per_datagram(res.meta.get("counters", {}))
     info = {"host_cost_s": host.host_cost_s, "hop_latency_s": host.hop_latency_s,
             "hop_noise_s": list(host.hop_noise_s), "source": "calibrated",
             "measured_bulk_median_s": _median_latency(events, "bulk"),
@@ -155,6 +169,9 @@ def calibrate(backend: str | None = None, results_root: Path = Path("results"),
             # DATA one way and an ACK for each the other, through the
             # impairment engine, while one CPU-bound transfer runs
             "capacity_pps": 2 * datagrams / bulk_s,
+            # Direct, for comparison with the fitted host_cost_s: each agent's
+            # process CPU time over the datagrams it sent and received.
+            "measured_cpu_per_datagram_s": cpu,
             "bulk_size": topo.flows[0].sizes[0], "link_delay_s": topo.default_link.delay_s,
             "backend": res.meta.get("backend"), "impairment_engine": res.meta.get("impairment_engine"),
             "run_dir": str(res.run_dir), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}

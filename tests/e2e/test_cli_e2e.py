@@ -156,6 +156,10 @@ def test_calibrate_writes_the_backends_calibration(tmp_path, clean):
     info = json.loads((tmp_path / "calibration-netns.json").read_text())
     assert info["backend"] == "netns" and info["source"] == "calibrated"
     assert info["hop_latency_s"] > 0 and info["capacity_pps"] > 0
+    # CPU per datagram measured directly in each agent: microseconds, not 0 or seconds
+    measured = info["measured_cpu_per_datagram_s"]
+    assert set(measured) == {"c0", "c1"} and all(1e-6 < v < 1e-3 for v in measured.values())
+    assert "process CPU per datagram" in out.stdout + out.stderr
     assert json.loads((tmp_path / "calibration.json").read_text()) == info
 
 

@@ -99,3 +99,12 @@ def test_calibration_of_the_runs_backend_is_preferred(tmp_path):
     assert load_calibration(tmp_path, "docker")["backend"] == "docker"       # fallback
     (tmp_path / "calibration-netns.json").write_text("{broken")
     assert load_calibration(tmp_path, "netns")["backend"] == "docker"
+
+
+def test_cpu_per_datagram_from_each_agents_counters():
+    from testbed.pipelines.calibrate import cpu_per_datagram
+    counters = {"c1": {"process_cpu_s": 0.5, "packets_sent": 100, "packets_received": 150},
+                "c0": {"process_cpu_s": 1.0, "packets_sent": 600, "packets_received": 400},
+                "old": {"packets_sent": 5, "packets_received": 5},        # no CPU time
+                "idle": {"process_cpu_s": 0.1, "packets_sent": 0}}        # no datagrams
+    assert cpu_per_datagram(counters) == {"c0": 0.001, "c1": 0.002}
