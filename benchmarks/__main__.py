@@ -24,6 +24,7 @@ from typing import Any
 from .harness import (MiB, BenchError, Worker, diff_counters, log, snmp_delta, udp_snmp,
                       worker_pair)
 from .nodes import node_main, run_memory
+from .others import run_others
 from .phases import (GOODPUT_SIZE, MEMORY_SIZE, PING_SIZE, run_goodput, run_latency,
                      warm_up)
 from .report import judge, print_report
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", metavar="PATH", help="also write all results as JSON")
     ap.add_argument("--plain", action="store_true", help="plain-text tables (no rich)")
     ap.add_argument("--skip-memory", action="store_true", help="skip the 50 MiB run")
+    ap.add_argument("--skip-sim", action="store_true", help="skip the simulator speed rows")
+    ap.add_argument("--skip-others", action="store_true",
+                    help="skip the optional pyzmq / aioquic references")
     ap.add_argument("--skip-split", action="store_true",
                     help="skip the latency run with A and B pinned to different CPUs")
     ap.add_argument("--report", metavar="PATH",
@@ -86,19 +90,30 @@ def measure(args: argparse.Namespace, ctx: Any, a: Worker, b: Worker,
         a.call("pin", [0])
         b.call("pin", [1])
         try:
+            s = snap()
             result["latency_split"] = run_latency(a, b, args.pings // 2,
                                                   max(1, args.rounds // 2))
+            counters["latency_split"] = delta(s, ("plain",))
         finally:
             a.call("pin", None)
             b.call("pin", None)
 
-    log("simulator speed on every shipped topology")
-    try:
-        result["sim_speed"] = run_sim_speed()
-    except ImportError as exc:
-        log(f"simulator speed not measured: {exc}")
+    if not args.skip_others:
+        log("optional references (pyzmq, aioquic) where installed")
+        result["others"] = run_others(a, b, args.pings, GOODPUT_SIZE, max(1, args.reps // 3),
+                                      PING_SIZE)
+
+    if args.skip_sim:
         result["sim_speed"] = {}
-        result["sim_speed_skipped"] = f"cannot import the simulator ({exc})"
+        result["sim_speed_skipped"] = "--skip-sim"
+    else:
+        log("simulator speed on every shipped topology")
+        try:
+            result["sim_speed"] = run_sim_speed()
+        except ImportError as exc:
+            log(f"simulator speed not measured: {exc}")
+            result["sim_speed"] = {}
+            result["sim_speed_skipped"] = f"cannot import the simulator ({exc})"
 
     if args.skip_memory:
         result["memory"] = {"skipped": True}

@@ -61,10 +61,11 @@ class Worker:
         self.conn.send((cmd, args))
         return self._reply("ok", timeout)
 
-    def start(self, cmd: str, *args: Any, timeout: float = 10.0) -> None:
-        """Begin a two-phase command; returns once the worker is listening."""
+    def start(self, cmd: str, *args: Any, timeout: float = 10.0) -> Any:
+        """Begin a two-phase command; returns once the worker is listening
+        (with what it sent along, e.g. the port it listens on)."""
         self.conn.send((cmd, args))
-        self._reply("started", timeout)
+        return self._reply("started", timeout)
 
     def finish(self, timeout: float = 60.0) -> Any:
         return self._reply("ok", timeout)

@@ -38,6 +38,7 @@ from ttnet import (Authenticator, EngineConfig, TTNetworkInterfaceUDP, TTNetwork
 
 from .baselines import BaselineCommands, raw_socket
 from .harness import HOST, BenchError, CommandServer, Worker, bulk_payload
+from .others import OtherCommands
 
 AUTH_KEY = b"ttnet-benchmark-key-0123456789abcdef"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -71,7 +72,7 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-class Node(BaselineCommands):
+class Node(BaselineCommands, OtherCommands):
     """Sender A or receiver B: two ttnet interfaces and the references."""
 
     #: The interface class both interfaces are made of.

@@ -19,13 +19,23 @@ TARGET_GOODPUT = 0.5    # ttnet goodput / baseline goodput >= this
 TARGET_LATENCY = 2.0    # ttnet median delivery latency / baseline median RTT <= this
 TARGET_AUTH = 0.8       # goodput with auth / goodput without >= this
 TARGET_SIM_SPEEDUP = 100.0
+#: Issue 13, target 1: ttnet against the protocol floor measured in the
+#: same run (what the wire format costs a minimal Python endpoint).
+TARGET_FLOOR_LATENCY = 1.5  # ttnet median send()->receiver fn / floor one-way <= this
+TARGET_FLOOR_CPU = 2.0      # ttnet CPU per round trip / floor's <= this
+#: Retransmissions allowed in the latency phases: on a lossless loopback
+#: (the kernel dropped nothing) every one is spurious.
+TARGET_SPURIOUS = 0
 
 #: Sender-side counters that explain goodput and latency numbers.
 SENDER_COUNTERS = ("data_sent", "data_retransmitted", "req_retransmitted", "rto_expired",
-                   "fast_retransmit", "ack_duplicate", "send_errors")
+                   "fast_retransmit", "ack_start_echo_ignored", "ack_duplicate",
+                   "send_errors")
 RECEIVER_COUNTERS = ("data_received", "data_duplicate", "data_duplicate_completed",
                      "dropped_out_of_window",
-                     "acks_sent", "dropped_crc")
+                     "acks_sent", "dropped_crc",
+                     # B's own sends (the PONGs of the latency phases)
+                     "data_retransmitted", "req_retransmitted", "rto_expired")
 
 LABEL = {"udp": "UDP ping-pong", "tt": "ttnet", "floor": "floor", "baseline": "UDP blast",
          "plain": "ttnet", "auth": "ttnet+auth"}
@@ -44,6 +54,44 @@ def judge(result: dict[str, Any]) -> None:
         "latency": result["ratios"]["latency"] <= TARGET_LATENCY,
         "auth": result["ratios"]["auth"] >= TARGET_AUTH,
     }
+    ratios, ok = result["ratios"], result["pass"]
+    if lat.get("floor_median_us"):
+        ratios["latency_floor"] = lat["ttnet_median_us"] / lat["floor_median_us"]
+        ok["latency_floor"] = ratios["latency_floor"] <= TARGET_FLOOR_LATENCY
+        cpu = lat.get("cpu_us_per_rtt", {})
+        if cpu.get("floor"):
+            ratios["cpu_floor"] = cpu["tt"] / cpu["floor"]
+            ok["cpu_floor"] = ratios["cpu_floor"] <= TARGET_FLOOR_CPU
+    split = result.get("latency_split")
+    if split and split.get("floor_median_us"):
+        ratios["latency_floor_pinned"] = split["ttnet_median_us"] / split["floor_median_us"]
+        ok["latency_floor_pinned"] = ratios["latency_floor_pinned"] <= TARGET_FLOOR_LATENCY
+    spurious = retransmissions(result)
+    if spurious is not None:
+        result["spurious_retransmissions"] = spurious
+        ok["no_spurious_retx"] = spurious["retransmitted"] <= TARGET_SPURIOUS
+
+
+def retransmissions(result: dict[str, Any]) -> dict[str, Any] | None:
+    """DATA and REQ retransmissions of both ttnet ends over the latency
+    phases (same-CPU and pinned), with what was sent and what the kernel
+    dropped; None for a result saved without these counters."""
+    counters = result.get("counters") or {}
+    phases = [counters[p] for p in ("latency", "latency_split") if p in counters]
+    if not phases:
+        return None
+    out = {"retransmitted": 0, "sent": 0, "kernel_drops": 0, "rto_expired": 0,
+           "ack_start_echo_ignored": 0}
+    for c in phases:
+        for side in ("sender", "receiver"):
+            for counts in c[side].values():
+                out["retransmitted"] += (counts.get("data_retransmitted", 0)
+                                         + counts.get("req_retransmitted", 0))
+                out["sent"] += counts.get("data_sent", 0) + counts.get("req_sent", 0)
+                out["rto_expired"] += counts.get("rto_expired", 0)
+                out["ack_start_echo_ignored"] += counts.get("ack_start_echo_ignored", 0)
+        out["kernel_drops"] += sum((c.get("kernel_udp") or {}).values())
+    return out
 
 
 def verdict(ok: bool) -> str:
@@ -53,7 +101,7 @@ def verdict(ok: bool) -> str:
 def build_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
     g, lat, mem = r["goodput"], r["latency"], r["memory"]
     base_loss = median([x["loss"] for x in g["baseline"]["runs"]])
-    rows = [
+    rows: list[tuple[str, ...]] = [
         ("Goodput, 10 MiB ensure=True",
          f"{g['plain']['median_MBps']:.1f} MB/s",
          f"{g['baseline']['median_MBps']:.1f} MB/s (UDP blast; loss {base_loss:.1%})",
@@ -105,12 +153,61 @@ def build_rows(r: dict[str, Any]) -> list[tuple[str, ...]]:
             f"{split['floor_median_us']:.0f} us",
             f"{split['baseline_median_us']:.0f} us UDP ping-pong RTT",
             f"{split['ttnet_median_us'] / split['baseline_median_us']:.2f}x", "info", "-"))
+    for name, o in (r.get("others") or {}).items():
+        if o.get("skipped"):
+            rows.append((f"ref: {name}", o["skipped"], "-", "-", "info", "-"))
+            continue
+        if name == "pyzmq":
+            zl, zg = o["latency"], o["goodput"]
+            rows.append((
+                "ref: pyzmq REQ/REP, 64 B",
+                f"ttnet {lat['ttnet_rtt_median_us']:.0f} us median PING/PONG RTT",
+                f"{zl['median_rtt_us']:.0f} us median REQ/REP RTT (TCP loopback)",
+                f"{lat['ttnet_rtt_median_us'] / zl['median_rtt_us']:.2f}x", "info", "-"))
+            rows.append((
+                "ref: pyzmq PUSH/PULL, 10 MiB",
+                f"ttnet {g['plain']['median_MBps']:.1f} MB/s",
+                f"{zg['median_MBps']:.1f} MB/s (one frame, median of {len(zg['runs'])})",
+                f"{g['plain']['median_MBps'] / zg['median_MBps']:.2f}x", "info", "-"))
+    ratios, ok = r["ratios"], r["pass"]
+    if "latency_floor" in ratios:
+        rows.append((
+            "Latency vs protocol floor, 64 B",
+            f"{lat['ttnet_median_us']:.0f} us median send()->receiver fn",
+            f"{lat['floor_median_us']:.0f} us floor one-way (same run)",
+            f"{ratios['latency_floor']:.2f}x", f"<= {TARGET_FLOOR_LATENCY}x",
+            verdict(ok["latency_floor"])))
+    if split and "latency_floor_pinned" in ratios:
+        rows.append((
+            "Latency vs protocol floor, pinned",
+            f"{split['ttnet_median_us']:.0f} us (A on CPU 0, B on CPU 1)",
+            f"{split['floor_median_us']:.0f} us floor one-way, pinned",
+            f"{ratios['latency_floor_pinned']:.2f}x", f"<= {TARGET_FLOOR_LATENCY}x",
+            verdict(ok["latency_floor_pinned"])))
+    if "cpu_floor" in ratios:
+        cpu, csw = lat["cpu_us_per_rtt"], lat["ctxsw_per_rtt"]
+        rows.append((
+            "CPU per 64 B round trip vs floor",
+            f"{cpu['tt']:.0f} us (A+B; {csw['tt']:.1f} context switches)",
+            f"{cpu['floor']:.0f} us floor ({csw['floor']:.1f} context switches)",
+            f"{ratios['cpu_floor']:.2f}x", f"<= {TARGET_FLOOR_CPU:.1f}x",
+            verdict(ok["cpu_floor"])))
+    sp = r.get("spurious_retransmissions")
+    if sp is not None:
+        rows.append((
+            "Spurious retransmissions, latency phases",
+            f"{sp['retransmitted']} of {sp['sent']} DATA+REQ retransmitted "
+            f"(rto_expired {sp['rto_expired']}, ACK(0) taken for echo "
+            f"{sp['ack_start_echo_ignored']})",
+            f"lossless loopback: kernel dropped {sp['kernel_drops']}",
+            str(sp["retransmitted"]), f"= {TARGET_SPURIOUS}",
+            verdict(ok["no_spurious_retx"])))
     return rows
 
 
 def explain_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = []
-    for phase in ("goodput", "latency", "memory"):
+    for phase in ("goodput", "latency", "latency_split", "memory"):
         c = r["counters"].get(phase)
         if not c:
             continue

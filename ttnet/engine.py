@@ -192,6 +192,13 @@ class _Peer:
     #: (starts at dup_thresh, raised when the path is seen to reorder).
     max_acked_tx: int = 0
     reorder: int = 3
+    #: The path to this peer was seen duplicating a datagram (an ACK of a
+    #: packet sent once arriving twice, an ACK_START copy arriving before
+    #: DATA 0 was sent -- not a repeated REQ: a stalled receiver reads a REQ
+    #: and its retransmission back to back). Until then an ACK(0)
+    #: is taken for an echo of ACK_START only if it came too soon to be a
+    #: real one (see _on_ack).
+    duplicates_seen: bool = False
 
 
 class Engine:
@@ -642,7 +649,9 @@ class Engine:
             echo = out.echo_budget > 0
             if echo:
                 out.echo_budget -= 1
-            if echo or now - out.started_at < 4 * peer.rtt.mdev:
+            elif out.state[0] == _UNSENT:
+                peer.duplicates_seen = True     # a copy: DATA 0 is not even out
+            if echo or now - out.started_at < self._echo_window(peer):
                 self._drop("ack_start_echo_ignored", address, mid, now)
                 if out.state[0] == _INFLIGHT:
                     # Ambiguous, not necessarily lost: probe with DATA 0
@@ -654,6 +663,8 @@ class Engine:
             self._drop("ack_for_unsent", address, mid, now)
             return
         if out.window.mark_acked(seq) is None:
+            if not out.retransmitted[idx]:
+                peer.duplicates_seen = True     # sent once, acknowledged twice
             self._drop("ack_duplicate", address, mid, now)
             return
         prev = out.state[idx]
@@ -695,6 +706,23 @@ class Engine:
             self.counters["fast_retransmit"] += 1
             srtt = peer.rtt.srtt if peer.rtt.srtt is not None else 0.0
             peer.cwnd.on_loss(now, srtt)
+
+    def _echo_window(self, peer: _Peer) -> float:
+        """How long after ACK_START an ACK(0) is taken for an echo of it.
+
+        A network copy trails the original by about the path's delay
+        variation (4 x mdev); a real ACK(0) needs a round trip after DATA 0
+        (at least ~min_rtt). Where the variation is mostly the endpoints'
+        scheduling (loopback, a busy host: mdev close to the round trip)
+        the two overlap and every real ACK(0) of a one-packet message was
+        taken for an echo and cost a retransmission. So, until the path has
+        been seen duplicating anything, the window stops at half the
+        smallest round trip measured: an ACK(0) that early cannot be real."""
+        rtt = peer.rtt
+        window = 4 * rtt.mdev
+        if not peer.duplicates_seen and rtt.min_rtt is not None:
+            window = min(window, 0.5 * rtt.min_rtt)
+        return window
 
     def _observe_reordering(self, peer: _Peer, tx: int) -> None:
         """A packet sent as transmission ``tx`` was acknowledged after ones

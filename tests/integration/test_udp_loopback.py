@@ -181,3 +181,52 @@ def test_windows_are_visible_while_a_send_is_under_way(peer, udp_port):
         assert a.get_receiving_window(peer.getsockname(), mid) is None
     finally:
         a.cleanup()
+
+
+@pytest.mark.parametrize("watch", [True, False], ids=["leader-runs-callbacks", "handed-over"])
+def test_slow_receiver_function_never_stalls_the_network_and_order_holds(udp_port, monkeypatch,
+                                                                         watch):
+    """Callbacks run on whichever of the interface's two threads is not
+    leading the I/O loop (the leader runs them itself while the other one
+    watches, or hands them over at once). Either way: while B's receiver
+    function is stuck, B keeps acknowledging (A's sends complete) and keeps
+    sending (its own sends from another thread complete); once it returns,
+    every message is delivered exactly once, in order, and the replies the
+    receiver function sent arrive."""
+    import ttnet.udp
+    monkeypatch.setattr(ttnet.udp, "_ACTIVE_S", 3600.0 if watch else 0.0)
+    release = threading.Event()
+    got: list[int] = []
+    replies: list[bytes] = []
+
+    def on_b(msg):
+        i = int(msg.payload)
+        got.append(i)
+        if i == 10:
+            release.wait(10)
+        b.send(TTNetworkMessageUDP(*msg.address, b"re%d" % i), ensure=True)
+
+    with TTNetworkInterfaceUDP(port=udp_port(), receiver_function=on_b) as b, \
+            TTNetworkInterfaceUDP(port=udp_port(),
+                                  receiver_function=lambda m: replies.append(m.payload)) as a:
+        dest = ("127.0.0.1", b.port)
+        for i in range(10):                                   # make the interface busy
+            assert a.send(TTNetworkMessageUDP(*dest, b"%d" % i), ensure=True).wait(5)
+        a.send(TTNetworkMessageUDP(*dest, b"10"), ensure=True)
+        deadline = time.monotonic() + 5
+        while 10 not in got and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert got[-1] == 10                                  # B's receiver is stuck now
+        later = [a.send(TTNetworkMessageUDP(*dest, b"%d" % i), ensure=True)
+                 for i in range(11, 16)]
+        own = b.send(TTNetworkMessageUDP("127.0.0.1", a.port, b"from B"), ensure=True)
+        assert all(h.wait(5) for h in later), "B stopped acknowledging"
+        assert own.wait(5), "B stopped sending"
+        assert got[-1] == 10 and not release.is_set()        # still stuck meanwhile
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(replies) < 17 and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert got == list(range(16))
+    assert sorted(replies) == sorted([b"from B"] + [b"re%d" % i for i in range(16)])
+    assert b.counters["callback_errors"] == 0

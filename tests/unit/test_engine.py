@@ -213,6 +213,66 @@ def test_echoed_ack_start_is_not_taken_for_packet_zero():
     assert len(delivered(b)) == 1
 
 
+def _one_packet_exchange(a, b, t0, rtt):
+    """One one-packet ensure=True message from a to b, every one-way trip
+    taking rtt/2; returns a's events."""
+    a.send_message(B, b"one packet", t0, ensure=True)
+    (req,) = a.datagrams_to_send(t0)
+    b.datagram_received(req[0], A, t0 + rtt / 2)
+    (ack_start,) = b.datagrams_to_send(t0 + rtt / 2)
+    a.datagram_received(ack_start[0], B, t0 + rtt)
+    (data0,) = a.datagrams_to_send(t0 + rtt)
+    b.datagram_received(data0[0], A, t0 + 1.5 * rtt)
+    (ack0,) = b.datagrams_to_send(t0 + 1.5 * rtt)
+    a.datagram_received(ack0[0], B, t0 + 2 * rtt)
+    a.handle_timers(t0 + 2 * rtt)
+    return a.pop_events()
+
+
+def test_real_ack_of_packet_zero_on_a_loopback_like_path_is_not_taken_for_an_echo():
+    """Loopback between busy threads: the round trips vary about as much as
+    they last (mdev ~ srtt), but no datagram is ever duplicated. An ACK(0)
+    arriving one round trip after DATA 0 is the real one: the send
+    completes at once, nothing is retransmitted (each time this was taken
+    for an echo it cost a DATA + ACK more per message)."""
+    a, b = Engine(), Engine()
+    rtt = a._peer(B).rtt
+    for sample in (0.00005, 0.0003, 0.00006, 0.00028, 0.00007, 0.00025):
+        rtt.sample(sample)
+    assert 4 * rtt.mdev > 0.00015                      # the old window covered a round trip
+    for i in range(20):
+        events = _one_packet_exchange(a, b, i * 0.01, 0.00015)
+        assert [type(e) for e in events] == [SendCompleted]
+    assert a.counters["data_retransmitted"] == 0
+    assert a.counters["ack_start_echo_ignored"] == 0
+    assert b.counters["data_duplicate_completed"] == 0
+    assert len(delivered(b)) == 20
+
+
+def test_once_the_path_duplicated_a_datagram_the_full_echo_window_applies():
+    """Same path, but an ACK_START copy arrived before DATA 0 was sent: the
+    path duplicates, so an ACK(0) within 4 x mdev of ACK_START is again
+    taken for an echo (and packet 0 probed) -- the guard of the jittery
+    path test is back in force."""
+    a, b = Engine(), Engine()
+    rtt = a._peer(B).rtt
+    for sample in (0.00005, 0.0003, 0.00006, 0.00028, 0.00007, 0.00025):
+        rtt.sample(sample)
+    a.send_message(B, b"one packet", 0.0, ensure=True)
+    (req,) = a.datagrams_to_send(0.0)
+    b.datagram_received(req[0], A, 0.0001)
+    (ack_start,) = b.datagrams_to_send(0.0001)
+    a.datagram_received(ack_start[0], B, 0.0002)
+    a.datagram_received(ack_start[0], B, 0.0002)             # copy, DATA 0 not out yet
+    assert a._peer(B).duplicates_seen
+    (data0,) = a.datagrams_to_send(0.0002)                   # DATA 0 ... lost
+    a.datagram_received(ack_start[0], B, 0.00035)            # a later copy
+    assert not [e for e in a.pop_events() if isinstance(e, SendCompleted)]
+    pump(a, b, 0.00035)
+    assert len(delivered(b)) == 1
+    assert [type(e) for e in a.pop_events()] == [SendCompleted]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(min_size=0, max_size=1300), max_size=30))
 def test_random_datagrams_never_raise(datagrams):
