@@ -296,7 +296,8 @@ def cmd_simulate(args) -> int:
         topo = _load(name)
         name = topo.name      # a path given on the command line -> its topology's name
         out = run_simulation(topo, results_root=Path(args.results),
-                             host_cost_s=args.host_cost, seed=args.seed)
+                             host_cost_s=args.host_cost, seed=args.seed,
+                             cpu_limits=args.cpu_limits)
         meta = json.loads((out / "meta.json").read_text())
         reps, host = meta["replications"], meta["host_model"]
         say(f"[{name}] {reps} replications (seeds {meta['seed']}..{meta['seed'] + reps - 1}) "
@@ -305,6 +306,11 @@ def cmd_simulate(args) -> int:
         say(f"[{name}] host model: {host['source']} ({host['host_cost_s'] * 1e6:.1f} us CPU "
             f"and {host['hop_latency_s'] * 1e6:.0f} us latency per datagram hop"
             + (", calibrate with `calibrate`" if host["source"] == "default" else "") + ")")
+        if any(s.cpus is not None for s in topo.limits.values()):
+            say(f"[{name}] cpus: " + (", ".join(f"{e} {c:g}" for e, c in meta["cpu_limits"].items())
+                                      + " (a quota per 100 ms, as docker enforces it)"
+                                      if meta["cpu_limits"] else
+                                      "not simulated (--no-cpu-limits: as on netns)"))
         from testbed.analysis.stats import flow_stats, load_events, per_run, summary_rows
         print_table(summary_rows(per_run(flow_stats(load_events(out)), reps),
                                  title=f"{name}: simulated; counts are per replication "
@@ -344,9 +350,17 @@ def cmd_compare(args) -> int:
 
 
 def _host_model(results: Path, run_dir: Path | None = None):
-    from testbed.simulate.host import HostModel, load_calibration
+    """The host model to simulate with: a run's pinned calibration (and
+    cpus: limits only if its backend enforced them), else the results root's."""
+    from dataclasses import replace
+
+    from testbed.simulate.host import HostModel, enforces_cpu_limits, load_calibration
     info = load_calibration(run_dir) if run_dir is not None else None
-    return HostModel.from_calibration(info or load_calibration(results))
+    host = HostModel.from_calibration(info or load_calibration(results))
+    if run_dir is not None and (run_dir / "meta.json").exists():
+        backend = json.loads((run_dir / "meta.json").read_text()).get("backend")
+        host = replace(host, cpu_limits=enforces_cpu_limits(backend))
+    return host
 
 
 def cmd_power(args) -> int:
@@ -496,7 +510,8 @@ impairments); 130 interrupted (everything the run created is removed).
 TOPOLOGY_HELP = ("a shipped topology's name (see `list`) or the path of a topology YAML "
                  "file (format: docs/topologies.md)")
 BACKEND_HELP = ("where ensembles run: docker (one container each; needs the Docker engine) "
-                "or netns (network namespaces; root only). Default: docker if its engine "
+                "or netns (network namespaces; root only) or swarm (a swarm service each; "
+                "on a swarm manager; docs/swarm.md). Default: docker if its engine "
                 "answers, else netns")
 
 
@@ -554,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
             "its per-flow summary, simulate it and print the fidelity verdict. "
             "Exit 1 if a verdict FAILs or an ensure=True message did not arrive.")
     p.add_argument("topology", nargs="+", help=TOPOLOGY_HELP)
-    p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
+    p.add_argument("--backend", choices=["docker", "netns", "swarm"], default=None, help=BACKEND_HELP)
     p.add_argument("--no-compare", action="store_true", help="emulate only; no simulation")
     p.add_argument("--capture", action="store_true",
                    help="write one pcap per ensemble into the run directory "
@@ -564,7 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Bring the hosts and impaired links of a topology up and hold them until Ctrl-C "
             "or SIGTERM, then remove everything. Handy for poking at links by hand.")
     p.add_argument("topology", help=TOPOLOGY_HELP)
-    p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
+    p.add_argument("--backend", choices=["docker", "netns", "swarm"], default=None, help=BACKEND_HELP)
     p.add_argument("--no-hold", dest="hold", action="store_false",
                    help="tear down at once (a smoke test of up and down)")
     p = cmd("exec", cmd_exec, "run a command in one host of the live `up`",
@@ -608,6 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host-cost", type=_non_negative, default=None, metavar="SECONDS",
                    help="CPU seconds per datagram (default: the calibration's)")
     p.add_argument("--seed", type=int, default=None, help="first seed (default: the topology's)")
+    p.add_argument("--no-cpu-limits", dest="cpu_limits", action="store_false",
+                   help="ignore the ensembles' cpus: (as the netns backend does); by default "
+                        "they are simulated as docker enforces them, a CPU quota per 100 ms")
     p = cmd("compare", cmd_compare, "judge an emulated run against the simulator",
             "Simulate the run's topology (cached in RUN/sim) and judge every flow: delivery, "
             "p50 and p95, each PASS / FAIL / UNDETERMINED. Exit 1 on any FAIL.")
@@ -627,13 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulated replications in the baseline (default 20)")
     p = cmd("calibrate", cmd_calibrate,
             "measure the host model (latency spread, CPU cost, emulator capacity)")
-    p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
+    p.add_argument("--backend", choices=["docker", "netns", "swarm"], default=None, help=BACKEND_HELP)
     p = cmd("all", cmd_all, "what `make testbed` does",
             "Calibrate (once), emulate and judge every default topology, run the end-to-end "
             "suite, print the tables. Exit 1 if anything failed.")
     p.add_argument("topology", nargs="*", help=f"(default: {' '.join(DEFAULT_TOPOLOGIES)} "
                    "and, in a source checkout, examples/pipeline/pipeline.yaml)")
-    p.add_argument("--backend", choices=["docker", "netns"], default=None, help=BACKEND_HELP)
+    p.add_argument("--backend", choices=["docker", "netns", "swarm"], default=None, help=BACKEND_HELP)
     p.add_argument("--skip-e2e", action="store_true", help="do not run tests/e2e")
     p.add_argument("--recalibrate", action="store_true", help="calibrate even if calibrated")
     return ap

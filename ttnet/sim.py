@@ -8,7 +8,9 @@ Two modes:
 - With a :class:`SimNetwork`: every message travels packet by packet
   through the same :class:`ttnet.engine.Engine` the UDP interface uses, over
   directed links that drop, delay (+ jitter), and rate-limit datagrams, with
-  a per-datagram host cost serialised on each host's CPU. A lost REQ or DATA
+  a per-datagram host cost serialised on each host's CPU (rationed, on a
+  host with a CPU limit, by a quota per 100 ms period as a container's
+  ``--cpus`` is: :meth:`SimNetwork.cpu_finish`). A lost REQ or DATA
   packet therefore costs what it costs on a real network. Engine events
   become callbacks through the same :class:`ttnet.driver.DriverShell` as
   over UDP, run at once in the simulation's event loop.
@@ -26,7 +28,8 @@ flight keep their arrival time); a host can be paused
 handled at :meth:`~TTNetworkInterfaceSim.resume`, its timers and sends wait
 until then, as a SIGSTOPped process's socket buffer and threads do) or
 killed (:meth:`~TTNetworkInterfaceSim.kill`: it drops everything and never
-calls back again).
+calls back again) or restarted (:meth:`~TTNetworkInterfaceSim.restart`: a
+reboot, killed and at once running again with a fresh engine).
 
 Must never: read the wall clock or global random state (same seed, same
 result), hold protocol logic (that belongs to the engine), or import the
@@ -38,6 +41,7 @@ import logging
 import random
 import zlib
 from dataclasses import dataclass
+from heapq import heappop, heappush
 from typing import Any, Generator, Hashable
 
 from . import codec
@@ -51,6 +55,104 @@ log = logging.getLogger(__name__)
 WIRE_OVERHEAD_BYTES = 42
 #: The least time a datagram spends between two hosts (1 us).
 MIN_HOP_S = 1e-6
+#: The CPU-limit accounting period: Docker's default CFS period
+#: (cpu.cfs_period_us = 100000), in which a ``--cpus`` limit is enforced.
+CPU_PERIOD_S = 0.1
+#: simpy's priority of an ordinary event (``simpy.events.NORMAL``).
+_NORMAL = 1
+
+
+class _Call:
+    """A simpy event that calls ``fn(*args)`` when processed: what
+    ``sim.timeout(delay)`` plus a callback does, without a Timeout, a
+    closure and a bound-method chain per datagram (the simulator's
+    commonest event). Scheduled by :func:`_scheduler`'s function exactly
+    as ``Environment.schedule`` schedules a timeout (same time, priority
+    and event-id order), so the run is the same; :func:`run_until` calls
+    it directly, ``Environment.step`` through ``callbacks``."""
+
+    __slots__ = ("fn", "args")
+    _ok = True
+    _value = None
+
+    def __init__(self, fn: Any, args: tuple) -> None:
+        self.fn = fn
+        self.args = args
+
+    @property
+    def callbacks(self) -> list:
+        return [_fire]
+
+    @callbacks.setter
+    def callbacks(self, _value: Any) -> None:
+        pass            # processed once: nothing else subscribes to it
+
+
+def _fire(ev: _Call) -> None:
+    ev.fn(*ev.args)
+
+
+def _scheduler(sim: Any):
+    """``call_in(delay, fn, *args)``: ``fn(*args)`` in ``delay`` (>= 0)
+    simulated seconds, ordered like a ``sim.timeout(delay)`` created now
+    (a real timeout on an environment that is not a plain simpy one)."""
+    if not _plain_simpy(sim):
+        def by_timeout(delay: float, fn: Any, *args: Any) -> None:
+            sim.timeout(delay).callbacks.append(lambda _e: fn(*args))
+        return by_timeout
+
+    queue, eid = sim._queue, sim._eid
+
+    def by_queue(delay: float, fn: Any, *args: Any) -> None:
+        heappush(queue, (sim._now + delay, _NORMAL, next(eid), _Call(fn, args)))
+    return by_queue
+
+
+def run_until(sim: Any, until: float) -> None:
+    """``sim.run(until=until)`` for a simpy Environment, with the
+    simulator's own events (:class:`_Call`) called directly instead of
+    through ``Environment.step``: the same events in the same order
+    (time, priority, event id); an ordinary simpy event is processed as
+    ``step`` does (its callbacks, then a failure not defused is raised)."""
+    if not _plain_simpy(sim):
+        sim.run(until=until)
+        return
+    from simpy.events import URGENT, Event
+    at = until if isinstance(until, int) else float(until)
+    if at <= sim._now:
+        raise ValueError(f"until ({at}) must be greater than the current simulation time")
+    stop = Event(sim)
+    stop._ok, stop._value = True, None
+    sim.schedule(stop, URGENT, at - sim._now)
+    queue = sim._queue
+    call = _Call
+    while queue:
+        sim._now, _, _, ev = heappop(queue)
+        if ev is stop:
+            stop.callbacks = None
+            return
+        if type(ev) is call:
+            ev.fn(*ev.args)
+            continue
+        callbacks, ev.callbacks = ev.callbacks, None
+        for callback in callbacks:
+            callback(ev)
+        if not ev._ok and not hasattr(ev, "_defused"):
+            exc = type(ev._value)(*ev._value.args)
+            exc.__cause__ = ev._value
+            raise exc
+    raise RuntimeError(f'No scheduled events left but "until" event was not triggered: {stop}')
+
+
+def _plain_simpy(sim: Any) -> bool:
+    """Whether ``sim`` steps and schedules as ``simpy.Environment`` does
+    (simpy is imported here, not with ttnet: only a simulation needs it)."""
+    try:
+        from simpy.core import Environment
+    except ImportError:
+        return False
+    return (type(sim).step is Environment.step and type(sim).schedule is Environment.schedule
+            and hasattr(sim, "_queue") and hasattr(sim, "_eid"))
 
 
 @dataclass(frozen=True)
@@ -106,8 +208,11 @@ class SimNetwork:
                  seed: int = 1, host_cost_s: float = 0.0, hop_latency_s: float = 0.0,
                  hop_noise_s: "list[float] | tuple[float, ...]" = (),
                  noise_hold_s: float = 0.001,
-                 host_costs: "dict[Hashable, float] | None" = None) -> None:
+                 host_costs: "dict[Hashable, float] | None" = None,
+                 cpu_limits: "dict[Hashable, float] | None" = None,
+                 cpu_period_s: float = CPU_PERIOD_S) -> None:
         self.sim = sim
+        self._call_in = _scheduler(sim)
         self.default = default or LinkParams()
         self._params = dict(links or {})
         self._links: dict[tuple[Hashable, Hashable], _LinkState] = {}
@@ -116,6 +221,14 @@ class SimNetwork:
         self.host_cost_s = host_cost_s
         #: Per-host overrides of host_cost_s (a slower, device-like host).
         self.host_costs: dict[Hashable, float] = dict(host_costs or {})
+        #: Per-host CPU limits in cores (a container's ``--cpus``): a quota
+        #: of cpus x cpu_period_s CPU seconds per period (see cpu_finish).
+        self.cpu_limits: dict[Hashable, float] = dict(cpu_limits or {})
+        if not cpu_period_s > 0 or any(not c > 0 for c in self.cpu_limits.values()):
+            raise ValueError("cpu_period_s and every CPU limit must be positive")
+        self.cpu_period_s = cpu_period_s
+        #: host -> [index of its current period, CPU seconds used in it]
+        self._quota_used: dict[Hashable, list] = {}
         #: Fixed extra latency of every datagram that does not occupy a CPU
         #: (wake-ups, an NFQUEUE pass): added in flight, not serialised.
         self.hop_latency_s = hop_latency_s
@@ -161,6 +274,39 @@ class SimNetwork:
         ``host_costs``, else ``host_cost_s``."""
         return self.host_costs.get(name, self.host_cost_s)
 
+    def cpu_finish(self, name: Hashable, start: float, cost: float) -> float:
+        """When ``cost`` CPU seconds of host ``name``, begun at ``start``
+        (its CPU free), are done. Without a CPU limit: ``start + cost``.
+        With one (a CFS quota): the host runs at full speed while its
+        period's quota (cpus x cpu_period_s; periods at multiples of
+        cpu_period_s from time 0) lasts, then waits for the next period,
+        whose quota is fresh (unused quota is not carried over). A quota
+        of a core or more never binds a host that runs one datagram at a
+        time."""
+        cpus = self.cpu_limits.get(name)
+        if cpus is None or cpus >= 1:
+            return start + cost
+        period = self.cpu_period_s
+        quota = cpus * period
+        state = self._quota_used.setdefault(name, [0, 0.0])
+        k = int(start // period)
+        if k > state[0]:
+            state[0], state[1] = k, 0.0
+        t, left, waited = start, cost, 0.0
+        while True:
+            end = (state[0] + 1) * period
+            to_end = max(0.0, end - t)
+            step = max(0.0, min(left, quota - state[1], to_end))
+            state[1] += step
+            left -= step
+            if left <= 1e-12:           # done (to a picosecond of rounding)
+                return start + cost + waited
+            # Stopped before the period's end: its quota ran out, so the
+            # host is throttled until the next period begins.
+            waited += to_end - step
+            t = end
+            state[0], state[1] = state[0] + 1, 0.0
+
     def attach(self, name: Hashable, iface: "TTNetworkInterfaceSim") -> None:
         if name in self.hosts:
             raise ValueError(f"a host named {name!r} is already attached")
@@ -205,11 +351,10 @@ class SimNetwork:
                 # Join the rate queue when the delayed packet reaches it, so
                 # the queue serves packets in the order jitter left them
                 # (as the emulator's qdisc does), not in the order sent.
-                ev = self.sim.timeout(max(0.0, t - self.sim.now))
-                ev.callbacks.append(lambda _e, st=st, data=data, target=target, src=src,
-                                    rate=p.rate_bps: self._serialise(st, rate, data, target, src))
-            else:
-                target._arrive(data, src, t)
+                self._call_in(max(0.0, t - self.sim.now), self._serialise,
+                              st, p.rate_bps, data, target, src)
+            else:       # target._arrive(data, src, t), inline
+                target._call_in(max(0.0, t - self.sim.now), target._on_datagram, data, src)
 
     def _draw_noise(self) -> float:
         q = self.hop_noise_s
@@ -308,12 +453,15 @@ class TTNetworkInterfaceSim(DriverShell):
             engine = Engine(config, random.Random(seed))
         super().__init__(engine, receiver_function, failure_function)
         self.sim = sim
+        self._call_in = _scheduler(sim)
         self.network = network
         self.name = name
         self._cpu_free = 0.0
         self._wake_at = float("inf")
-        #: "running", "paused" or "killed" (see pause/resume/kill)
+        #: "running", "paused" or "killed" (see pause/resume/kill/restart)
         self.state = "running"
+        #: How many times restart() gave this host a fresh engine.
+        self.incarnation = 0
         self._held: list[tuple[bytes, Hashable]] = []
         self._waiters: list[Any] = []
         if network is not None:
@@ -377,26 +525,46 @@ class TTNetworkInterfaceSim(DriverShell):
 
     def kill(self) -> None:
         """Drop everything from now on: held and arriving datagrams,
-        timers, sends; no callback fires again."""
+        timers, sends; no callback of this engine fires again. Whatever
+        waits in :meth:`when_running` waits for a :meth:`restart`."""
         self.state = "killed"
         self._held.clear()
-        self._waiters.clear()
+
+    def restart(self) -> None:
+        """A device reboot at the same name: what runs is killed (as
+        :meth:`kill`) and the host at once runs a fresh engine -- no peers,
+        no message in flight, no memory of completed ones (a peer's
+        retransmission of a message delivered before may be delivered
+        again). Callbacks of earlier sends never fire; counters start at
+        zero; :attr:`incarnation` counts the restarts. Whatever waits in
+        :meth:`when_running` wakes."""
+        if self.hand_off is not None:
+            raise ValueError("only an interface on a SimNetwork can be restarted")
+        self.kill()
+        self.incarnation += 1
+        seed = self._net.seed ^ zlib.crc32(f"{self.name}#{self.incarnation}".encode())
+        DriverShell.__init__(self, Engine(self.engine.config, random.Random(seed)),
+                             self.receiver_function, self.failure_function)
+        self._wake_at = float("inf")     # the old engine's timers only pump the new one
+        self.state = "running"
+        waiters, self._waiters = self._waiters, []
+        for ev in waiters:
+            ev.succeed()
 
     def when_running(self) -> Any:
         """A simpy event that fires now if this host runs, at resume if
-        it is paused, never if it was killed."""
+        it is paused, at restart if it was killed (never without one)."""
         ev = self.sim.event()
         if self.state == "running":
             ev.succeed()
-        elif self.state == "paused":
+        else:
             self._waiters.append(ev)
         return ev
 
     # -------------------------------------------------------------- internals
     def _arrive(self, data: bytes, src: Hashable, at: float) -> None:
         """Schedule a datagram's arrival; the host CPU serialises handling."""
-        ev = self.sim.timeout(max(0.0, at - self.sim.now))
-        ev.callbacks.append(lambda _e: self._on_datagram(data, src))
+        self._call_in(max(0.0, at - self.sim.now), self._on_datagram, data, src)
 
     def _on_datagram(self, data: bytes, src: Hashable) -> None:
         if self.state != "running":
@@ -406,11 +574,10 @@ class TTNetworkInterfaceSim(DriverShell):
         cost = self._net.host_cost(self.name)
         if cost:
             now = self.sim.now
-            done = max(now, self._cpu_free) + cost
+            done = self._net.cpu_finish(self.name, max(now, self._cpu_free), cost)
             self._cpu_free = done
             if done > now:
-                ev = self.sim.timeout(done - now)
-                ev.callbacks.append(lambda _e: self._process(data, src))
+                self._call_in(done - now, self._process, data, src)
                 return
         self._process(data, src)
 
@@ -428,10 +595,11 @@ class TTNetworkInterfaceSim(DriverShell):
         engine, sim, net = self.engine, self.sim, self._net
         now = sim.now
         engine.handle_timers(now)
-        cost = net.host_cost(self.name)
-        for data, dst in engine.datagrams_to_send(now):
+        out = engine.datagrams_to_send(now)
+        cost = net.host_cost(self.name) if out else 0.0
+        for data, dst in out:
             if cost:
-                self._cpu_free = max(now, self._cpu_free) + cost
+                self._cpu_free = net.cpu_finish(self.name, max(now, self._cpu_free), cost)
                 net.transmit(self.name, dst, data, self._cpu_free)
             else:
                 net.transmit(self.name, dst, data, now)
@@ -439,8 +607,7 @@ class TTNetworkInterfaceSim(DriverShell):
         nt = engine.next_timer()
         if nt is not None and nt < self._wake_at:
             self._wake_at = nt
-            ev = sim.timeout(max(0.0, nt - now))
-            ev.callbacks.append(lambda _e, when=nt: self._on_timer(when))
+            self._call_in(max(0.0, nt - now), self._on_timer, nt)
 
     def _on_timer(self, when: float) -> None:
         if when == self._wake_at:

@@ -84,7 +84,7 @@ def describe_hosts(backend, hosts: dict) -> dict[str, HostInfo]:
     name); docker containers are found by their ``ttnet.run``/``ttnet.ensemble``
     labels."""
     containers: dict[str, str] = {}
-    if backend.name == "docker":
+    if backend.name in ("docker", "swarm"):      # swarm: the local task containers
         from testbed.emulate.backends.docker import LABEL
         found = backend.client.api.containers(filters={"label": f"{LABEL}={backend.run_id}"})
         containers = {c["Labels"].get("ttnet.ensemble", ""): c["Names"][0].lstrip("/")
@@ -190,7 +190,7 @@ def host_argv(state: UpState, ensemble: str, command: list[str], *,
     host = host_of(state, ensemble)
     env = {"TTNET_ENSEMBLE": ensemble, "TTNET_RUN": state.tag,
            "PS1": f"[ttnet {ensemble}] \\w\\$ "}
-    if state.backend == "docker":
+    if state.backend in ("docker", "swarm"):
         if not host.container:
             raise AccessError(f"`up` run {state.run_id} recorded no container for {ensemble!r}")
         docker_cli = shutil.which("docker")

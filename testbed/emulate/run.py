@@ -7,7 +7,13 @@ agents wrote), ``meta.json`` (backend, impairment engine, versions, kernel,
 timings, agent exit codes, counters and outcomes -- what became of each
 ensemble's own messages, see :mod:`testbed.guest.agent`; with a fault
 timeline, ``start_at`` and ``events_applied``: each event with the time it
-was applied, see :mod:`testbed.emulate.timeline`) and ``logs/``.
+was applied, see :mod:`testbed.emulate.timeline`), ``restart-<name>.json``
+(the last restart of an ensemble the timeline restarts) and ``logs/``.
+
+Exit codes with a fault timeline: a killed ensemble's is that of a killed
+process (so the run is not ``ok``: its messages' fate is unknown); a
+restarted ensemble's is its last agent's, which does not count the
+messages due while it was down (see :mod:`testbed.guest.agent`).
 
 While flows run, an optional ``monitor`` gets a
 :class:`~testbed.emulate.progress.RunProgress` snapshot about every
@@ -126,8 +132,12 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
             "apps": {n: {"path": c.app_path, "function": c.app_function}
                      for n, c in topology.apps.items()},
             "programs": topology.programs,
+            # killed: their events are written through (a kill or a
+            # restart's kill loses none); restarted: rebooted at least once.
             "killed": sorted({e.ensemble for e in topology.events
-                              if getattr(e, "action", None) == "kill"})}
+                              if getattr(e, "action", None) in ("kill", "restart")}),
+            "restarted": sorted({e.ensemble for e in topology.events
+                                 if getattr(e, "action", None) == "restart"})}
     meta: dict = {"run_id": run_id, "topology": topology.name, "kind": "emulated",
                   "versions": _versions(), "started": time.time(), "seed": topology.seed}
 
@@ -185,7 +195,7 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
         if topology.events:
             from testbed.emulate.timeline import TimelineRunner
             timeline = TimelineRunner(topology, hosts, impair, backend, start_at, end_at,
-                                      say=say)
+                                      say=say, run_dir=run_dir)
             timeline.start()
         timeout_s = end_at - time.time() + 15
         if monitor is None:

@@ -12,9 +12,14 @@ than the end time the host gave it, or send anywhere but its routes.
 Files in the results directory (all written by the host unless noted):
   plan.json            flows, ensembles, port, auth key, optional
                        bind {name: "ip"} (default 0.0.0.0), killed [names
-                       the fault timeline kills: their events are written
-                       through at once] (before start)
+                       the fault timeline kills or restarts: their events
+                       are written through at once], restarted [names it
+                       restarts] (before start)
   go.json              routes {name: "ip:port"}, start_at, end_at (epoch s)
+  restart-<name>.json  incarnation (2, 3, ...), at (s from the start),
+                       written (epoch s): this agent is a restart's fresh
+                       one (written just before the host starts it again;
+                       see below)
   ready-<name>         agent: socket bound, waiting for go   (agent)
   events-<name>.jsonl  agent: send/deliver/complete/fail events (agent)
   done-<name>          agent: own flows all resolved          (agent)
@@ -28,9 +33,11 @@ Files in the results directory (all written by the host unless noted):
 outcome-<name>.json counts this ensemble's own messages as ``sent``,
 ``completed`` (``after`` fired), ``failed`` (``on_failure`` fired),
 ``unresolved`` (sent, neither fired by the end time) and ``not_sent`` (due
-at or after the end time, or no route to its destination) -- in all and under
-``ensure``/``best_effort`` -- plus ``ensure_failures`` (ensure=True
-failed + unresolved + not_sent) and ``problems``: up to
+at or after the end time, or no route to its destination, or due while the
+ensemble was down before a restart) -- in all and under
+``ensure``/``best_effort`` -- plus ``not_sent_down`` (of not_sent, those
+due while down: no problem), ``ensure_failures`` (ensure=True failed +
+unresolved + not_sent, less not_sent_down) and ``problems``: up to
 :data:`MAX_LISTED` ``{flow, msg, ensure, reason}`` for every message that
 makes the exit code 3. Callbacks that fire after the end time are still
 logged as events but do not change the outcome.
@@ -46,6 +53,21 @@ program still running is stopped (SIGTERM, then SIGKILL after
 PROGRAM_GRACE_S). The program's output goes to ``logs/program-<name>.log``;
 its exit code is in outcome-<name>.json under ``program``.
 
+A restart (the fault timeline's ``restart``: a device reboot) runs this
+module again in the same host, same address and port, once the previous
+agent was SIGKILLed. The fresh agent finds restart-<name>.json and has lost
+all protocol state (messages in flight, the receiver's memory of completed
+ones: a peer's retransmission may be delivered, and logged, twice). It
+appends to events-<name>.jsonl (ending a line the kill tore), does not wait
+for go (go.json is there), sends only the messages planned at or after the
+restart's ``at`` (those before it: sent by an earlier incarnation, whose
+results died with it, or counted not_sent_down), runs its app or program
+again from scratch (the app's clock and message numbers start again; a
+program's output is appended to its log), and writes counters and outcome
+(with ``restart``: incarnation, at, boot_s -- from the restart until its
+socket was bound --, sent_by_earlier) at exit, as any agent.
+Its exit code is the run's verdict for that ensemble.
+
 Exit codes:
   0  every ensure=True message this ensemble sources completed, and every
      message (best effort too) was sent and resolved before the end time;
@@ -54,7 +76,8 @@ Exit codes:
   2  no go signal (go.json) within GO_TIMEOUT_S
   3  an ensure=True message failed, was unresolved at the end time or was
      never sent; or a best-effort message was never sent or unresolved
-     (the run ended before its flows did)
+     (the run ended before its flows did); not for messages due while the
+     ensemble was down before a restart
   4  the program exited with a non-zero code before the duration, or the
      app raised in a callback (counted in outcome ``app.errors``)
   5  the app could not be loaded (before ready: the run reports it)
@@ -85,6 +108,7 @@ from testbed.spec.events import (Complete, Deliver, EventFile, Fail, MessageRef,
 from testbed.spec.jsonio import read_json, write_json_atomic
 from testbed.spec.payloads import PayloadMatcher, message_bytes
 from testbed.spec.plan import expected_messages
+from testbed.spec.timeline import first_due_from
 
 log = logging.getLogger("testbed.guest.agent")
 
@@ -114,6 +138,9 @@ class Outcome:
         self._open: dict[tuple[str, int], bool] = {}     # (flow, msg) -> ensure
         self._frozen = False
         self.counts = {kind: dict.fromkeys(self._KEYS, 0) for kind in ("ensure", "best_effort")}
+        #: Of not_sent, those due while the ensemble was down (killed, then
+        #: restarted): the fault timeline's doing, not a failure.
+        self.down = {"ensure": 0, "best_effort": 0}
         self.problems: list[dict] = []
 
     def _count(self, ensure: bool, key: str) -> None:
@@ -143,6 +170,13 @@ class Outcome:
             self._count(ensure, "not_sent")
             self._problem(flow, msg, ensure, f"not sent: {reason}")
 
+    def not_sent_down(self, flow: str, msg: int, ensure: bool) -> None:
+        """Due while this ensemble was down (a restart's agent is
+        fresh): not sent, but no problem and no ensure failure."""
+        with self._cond:
+            self._count(ensure, "not_sent")
+            self.down["ensure" if ensure else "best_effort"] += 1
+
     def wait_resolved(self, deadline: float) -> bool:
         """Block until every sent message resolved (True) or ``deadline``."""
         with self._cond:
@@ -167,12 +201,12 @@ class Outcome:
     @property
     def ensure_failures(self) -> int:
         c = self.counts["ensure"]
-        return c["failed"] + c["unresolved"] + c["not_sent"]
+        return c["failed"] + c["unresolved"] + c["not_sent"] - self.down["ensure"]
 
     @property
     def exit_code(self) -> int:
         b = self.counts["best_effort"]
-        bad = self.ensure_failures + b["unresolved"] + b["not_sent"]
+        bad = self.ensure_failures + b["unresolved"] + b["not_sent"] - self.down["best_effort"]
         return EXIT_UNDELIVERED if bad else EXIT_OK
 
     def summary(self, name: str) -> dict:
@@ -183,6 +217,7 @@ class Outcome:
                         ensure=dict(self.counts["ensure"]),
                         best_effort=dict(self.counts["best_effort"]),
                         ensure_failures=self.ensure_failures,
+                        not_sent_down=dict(self.down),
                         problems=list(self.problems),
                         problems_listed_max=MAX_LISTED)
 
@@ -331,11 +366,45 @@ def program_env(name: str, routes: dict[str, str], port: int, duration: float,
             "PYTHONPATH": path + (os.pathsep + py if py else "")}
 
 
+def restart_marker(results: Path, name: str) -> dict | None:
+    """restart-<name>.json (``incarnation``, ``at``) when this agent is a
+    restart's fresh one, else None."""
+    path = results / f"restart-{name}.json"
+    return read_json(path) if path.exists() else None
+
+
+def _sent_before(path: Path) -> set[tuple[str, int]]:
+    """(flow, msg) of every send an earlier incarnation logged in ``path``;
+    a torn last line (the kill) is ended so the next record starts clean."""
+    if not path.exists():
+        return set()
+    sent = set()
+    text = path.read_text(errors="replace")
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == "send":
+            sent.add((rec.get("flow"), rec.get("msg")))
+    if text and not text.endswith("\n"):
+        with open(path, "a") as f:
+            f.write("\n")
+    return sent
+
+
 def run(name: str, results: Path) -> int:
     plan = read_json(results / "plan.json")
     port = int(plan["port"])
     flows = plan["flows"]
-    # An ensemble the fault timeline kills writes each event through at once.
+    restart = restart_marker(results, name)
+    restart_at = float(restart["at"]) if restart else None
+    sent_before = _sent_before(results / f"events-{name}.jsonl") if restart else set()
+    if restart:
+        log.info("%s: incarnation %s (restarted at %gs): events appended, flows sent "
+                 "from then on", name, restart.get("incarnation"), restart_at)
+    # An ensemble the fault timeline kills (or restarts) writes each event
+    # through at once; the file is appended to, never truncated.
     events = EventFile(results / f"events-{name}.jsonl",
                        line_buffered=name in plan.get("killed", ()))
     matcher = PayloadMatcher(expected_messages(flows, name))
@@ -372,6 +441,9 @@ def run(name: str, results: Path) -> int:
     net = TTNetwork(name, TTNetworkInterfaceType.UDP_IP, ip_addr=bind, port=port,
                     receiver_function=on_receive, config=cfg,
                     auth_key=plan.get("auth_key"))
+    # How long the reboot took: from the restart until this socket was bound.
+    boot_s = round(time.time() - float(restart["written"]), 3) \
+        if restart and "written" in restart else None
     loop: AppLoop | None = None
     program: Program | None = None
     try:
@@ -408,7 +480,7 @@ def run(name: str, results: Path) -> int:
                               run_dir)
             program = Program(name, command, plan.get("workdir") or str(results), env,
                               results / "logs" / f"program-{name}.log")
-        _send_flows(net, mine, events, start_at, end_at, outcome)
+        _send_flows(net, mine, events, start_at, end_at, outcome, restart_at, sent_before)
         if program is not None:
             program.wait_until(min(start_at + duration, end_at))
         if app is not None:
@@ -428,6 +500,9 @@ def run(name: str, results: Path) -> int:
         write_json_atomic(results / f"counters-{name}.json",
                           {**net.counters, "process_cpu_s": usage.ru_utime + usage.ru_stime})
         summary = outcome.summary(name)
+        if restart:
+            summary["restart"] = {"incarnation": restart.get("incarnation"), "at": restart_at,
+                                  "boot_s": boot_s, "sent_by_earlier": len(sent_before)}
         if program is not None:
             summary["program"] = program.summary()
             if program.failed and summary["exit_code"] == EXIT_OK:
@@ -455,13 +530,23 @@ def run(name: str, results: Path) -> int:
 
 
 def _send_flows(net: TTNetwork, mine: list[tuple[int, dict]], events: EventFile,
-                start_at: float, end_at: float, outcome: Outcome) -> None:
+                start_at: float, end_at: float, outcome: Outcome,
+                restart_at: float | None = None,
+                sent_before: set[tuple[str, int]] | None = None) -> None:
     """Send every message of this ensemble's flows on schedule (one thread,
     a heap of due times), then wait until each is completed or failed, or
-    the end time. Messages due at or after the end time are not sent."""
+    the end time. Messages due at or after the end time are not sent.
+    After a restart at ``restart_at`` (seconds from the start), only those
+    planned from then on: the earlier ones an earlier incarnation sent
+    (``sent_before``) are its own, lost with it; the others are
+    not sent because the ensemble was down (no problem, see Outcome)."""
     due: list[tuple[float, int, int]] = []
     for fi, f in mine:
-        for k in range(f["count"]):
+        first = 0 if restart_at is None else first_due_from(f, restart_at)
+        for k in range(first):
+            if (f["name"], k) not in (sent_before or set()):
+                outcome.not_sent_down(f["name"], k, f["ensure"])
+        for k in range(first, f["count"]):
             heapq.heappush(due, (start_at + f["start_s"] + k * f["interval_s"], fi, k))
     flows = dict(mine)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,7 +82,7 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
     from testbed.analysis.compare import (compare, delay_floor_violations, flow_ends, plot_cdfs,
                                           record_comparison, write_report)
     from testbed.analysis.fidelity import judge
-    from testbed.simulate.host import HostModel
+    from testbed.simulate.host import HostModel, enforces_cpu_limits
     from testbed.simulate.simulator import REPLICATIONS, run_simulation
     from testbed.analysis.stats import flow_stats, load_events
 
@@ -97,7 +98,9 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
     replications = replications or REPLICATIONS
     topo = load_topology(run_dir / "topology.yaml")
     calibration, cal_source = run_calibration(run_dir, calibration, emu_meta)
-    host = HostModel.from_calibration(calibration)
+    # cpus: limits are simulated only if the run's backend enforced them.
+    host = replace(HostModel.from_calibration(calibration),
+                   cpu_limits=enforces_cpu_limits(emu_meta.get("backend")))
     sim_dir = run_dir / "sim"
     if not _sim_is_current(sim_dir, host.key(), replications,
                            (run_dir / "topology.yaml").read_text()):
@@ -130,6 +133,11 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
     if cal_backend and cal_backend != emu_meta.get("backend"):
         notes.append(f"the calibration was measured on {cal_backend}, the run on "
                      f"{emu_meta.get('backend')}: recalibrate on the run's backend")
+    if topo.limits and any(s.cpus is not None for s in topo.limits.values()):
+        notes.append("cpus: limits simulated as a CPU quota per 100 ms period (enforced on "
+                     f"{emu_meta.get('backend')})" if host.cpu_limits else
+                     f"cpus: limits not simulated: {emu_meta.get('backend', '?')} does not "
+                     "enforce them")
     notes += load_notes(emu_meta, calibration)
     notes += floor
     judged = [r for r in rows if in_target(r.flow)]
@@ -178,6 +186,16 @@ def timeline_plots(run_dir: Path, topo, emu_meta: dict, emu: list, sim: list,
     notes.append(f"fault timeline: {len(applied)} of {len(topo.events)} events applied in "
                  f"emulation, at most {late * 1000:.1f} ms after their time"
                  + (f"; FAILED: {', '.join(a['event'] for a in failed)}" if failed else ""))
+    # A restart: the emulated agent boots for a while (still down), the
+    # simulated one is up at once; messages to it then arrive later emulated.
+    boots = {name: (o.get("restart") or {}).get("boot_s")
+             for name, o in (emu_meta.get("outcomes") or {}).items() if o.get("restart")}
+    if boots:
+        notes.append("restart: the fresh agent's boot time after its (last) restart: " +
+                     ", ".join(f"{name} {b:.2f} s" if isinstance(b, (int, float))
+                               else f"{name} not recorded" for name, b in sorted(boots.items()))
+                     + "; the simulated reboot is instantaneous, so messages to it in that "
+                     "window arrive later emulated than simulated")
     events = [(e.at_s, describe_event(e)) for e in topo.events]
     return plot_timeline(emu, sim, run_dir, float(start), events, title=topo.name)
 

@@ -18,6 +18,14 @@ CALIBRATION_NAME = "calibration.json"
 #: Used when no calibration exists: roughly what the UDP stack alone costs
 #: per datagram on a 2-core VM (measured once here; recalibrate!).
 DEFAULT_HOST_COST_S = 40e-6
+#: Backends that enforce an ensemble's ``cpus:`` (docker: a CFS quota per
+#: container). netns only warns, so its runs are simulated without them.
+CPU_LIMIT_BACKENDS = frozenset({"docker", "swarm"})   # swarm: the task's NanoCPUs
+
+
+def enforces_cpu_limits(backend: str | None) -> bool:
+    """Whether a run on ``backend`` had its ensembles' ``cpus:`` enforced."""
+    return backend in CPU_LIMIT_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -27,13 +35,17 @@ class HostModel:
     transfers), ``hop_latency_s`` of latency that occupies no CPU (thread
     wake-ups, the NFQUEUE pass), and ``hop_noise_s``, the spread around it
     (quantiles of a per-datagram draw, median 0). Fitted by
-    ``testbed.pipelines.calibrate``; ``source`` says where it came from."""
+    ``testbed.pipelines.calibrate``; ``source`` says where it came from.
+    ``cpu_limits``: whether the host enforces the ensembles' ``cpus:``
+    (as docker does: a quota of CPU per 100 ms period; not measured, set
+    from the run's backend), so the simulator throttles them the same way."""
 
     host_cost_s: float = DEFAULT_HOST_COST_S
     hop_latency_s: float = 0.0
     hop_noise_s: tuple[float, ...] = ()
     source: str = "default"
     info: dict = field(default_factory=dict, compare=False, hash=False)
+    cpu_limits: bool = True
 
     def __post_init__(self) -> None:
         if not (self.host_cost_s >= 0 and self.hop_latency_s >= 0):
@@ -51,7 +63,8 @@ class HostModel:
     def key(self) -> dict:
         """What identifies this model in a cached simulation."""
         return {"host_cost_s": self.host_cost_s, "hop_latency_s": self.hop_latency_s,
-                "hop_noise_s": list(self.hop_noise_s), "source": self.source}
+                "hop_noise_s": list(self.hop_noise_s), "source": self.source,
+                "cpu_limits": self.cpu_limits}
 
 
 def calibration_name(backend: str | None = None) -> str:

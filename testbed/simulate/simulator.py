@@ -6,8 +6,10 @@ same event schema and results layout as an emulated run (``t`` is simulated
 seconds from the start). A fault timeline (``topology.events``) is applied
 at its times, as :func:`testbed.spec.timeline.steps` reads it, by the same
 rules as in emulation: link changes with ``SimNetwork.set_link``, pause,
-resume and kill on the ensemble's simulated interface (a paused ensemble's
-flows and app wait; a killed one's stop). The per-datagram host cost comes from calibration
+resume, kill and restart on the ensemble's simulated interface (a paused
+ensemble's flows and app wait; a killed one's stop; a restarted one gets a
+fresh engine, its flows send what is planned from the restart on and its
+app starts again from scratch). The per-datagram host cost comes from calibration
 (see :mod:`testbed.pipelines.calibrate`) and is recorded in ``meta.json``.
 
 Must never: read the wall clock into results or use unseeded randomness:
@@ -20,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from testbed.simulate.host import HostModel, load_calibration
@@ -27,12 +30,39 @@ from testbed.spec.app import AppRuntime, load_app, pack_apps
 from testbed.spec.events import (Complete, Deliver, Fail, MessageRef, Send, Unknown,
                                  write_records)
 from testbed.spec.model import Topology
-from testbed.spec.payloads import PayloadMatcher, message_bytes
+from testbed.spec.payloads import HEADER_LEN, PayloadMatcher, message_bytes
+from testbed.spec.payloads import _HDR, _MAGIC  # the header layout, for SentMatcher
 from testbed.spec.plan import expected_messages, flows_plan, new_run_id
+from testbed.spec.timeline import first_due_from
 from testbed.spec.topology import topology_to_yaml
 
 
 log = logging.getLogger(__name__)
+
+
+class SentMatcher(PayloadMatcher):
+    """A :class:`PayloadMatcher` that checks a delivered payload against
+    the bytes the simulated sender sent (``sent``: (flow index, msg) ->
+    payload, each taken at its first match) instead of generating them
+    again: the same answers, without seeding an RNG per delivery. A payload
+    not in ``sent`` (delivered again, or a corrupted header) is matched as
+    PayloadMatcher does."""
+
+    def __init__(self, expected, sent: dict[tuple[int, int], bytes]) -> None:
+        super().__init__(expected)
+        self._sent = sent
+
+    def match(self, src: str, payload: bytes) -> tuple[int, int, bool] | None:
+        if len(payload) >= HEADER_LEN and payload[:2] == _MAGIC:
+            _, fi, msg = _HDR.unpack_from(payload)
+            size = self._sizes.get((fi, msg))
+            if size is None:
+                return None
+            sent = self._sent.pop((fi, msg), None)
+            if sent is not None:        # sent == message_bytes(fi, msg, size)
+                return fi, msg, size == len(payload) and payload == sent
+        return super().match(src, payload)
+
 
 class SimApp(AppRuntime):
     """An app over the simulated interface, on simulated time (testbed.spec.app)."""
@@ -40,6 +70,9 @@ class SimApp(AppRuntime):
     def __init__(self, env, iface, **kw) -> None:
         super().__init__(**kw)
         self.env, self.iface = env, iface
+        #: The interface's incarnation this app runs in: a restart ends it
+        #: (its timers no longer fire) and starts a fresh app.
+        self.incarnation = iface.incarnation
 
     def clock(self) -> float:
         return self.env.now
@@ -49,10 +82,12 @@ class SimApp(AppRuntime):
 
     def schedule(self, delay: float, fn) -> None:
         def fire(_event) -> None:
+            if self.iface.incarnation != self.incarnation:
+                return                             # died in a restart
             if self.iface.state == "running":
                 fn()
             elif self.iface.state == "paused":     # a paused process runs nothing
-                self.iface.when_running().callbacks.append(lambda _e: fn())
+                self.iface.when_running().callbacks.append(fire)
         self.env.timeout(delay).callbacks.append(fire)
 
     def transmit(self, to: str, payload: bytes, ensure: bool, deadline: float | None,
@@ -67,7 +102,7 @@ def simulate_host(topology: Topology, host: HostModel, seed: int | None = None,
                   engine_overrides: dict | None = None) -> tuple[list[dict], dict]:
     """``simulate_events`` with a host model."""
     return simulate_events(topology, host.host_cost_s, seed, engine_overrides,
-                           host.hop_latency_s, host.hop_noise_s)
+                           host.hop_latency_s, host.hop_noise_s, cpu_limits=host.cpu_limits)
 
 
 def model_version() -> str:
@@ -93,8 +128,9 @@ def link_params(spec):
                       rate_bps=spec.rate_bps, duplicate=spec.duplicate, corrupt=spec.corrupt)
 
 
-def run_timeline(env, net, ifaces: dict, topology: Topology):
-    """A simpy process: the topology's events at their simulated times."""
+def run_timeline(env, net, ifaces: dict, topology: Topology, on_restart=None):
+    """A simpy process: the topology's events at their simulated times.
+    ``on_restart(name)`` runs right after an ensemble's restart."""
     from testbed.spec.timeline import steps
     for step in steps(topology):
         if step.at_s > env.now:
@@ -104,20 +140,16 @@ def run_timeline(env, net, ifaces: dict, topology: Topology):
         if step.action is not None:
             name, action = step.action
             getattr(ifaces[name], action)()
+            if action == "restart" and on_restart is not None:
+                on_restart(name)
 
 
-def cpu_factor(cpus: float | None) -> float:
-    """How much slower a host with a ``cpus:`` share handles a datagram:
-    1 / cpus below one core (0.25 -> 4x), else 1 (one datagram at a time
-    uses one core, so more cores do not make it faster)."""
-    return 1.0 / cpus if cpus is not None and 0 < cpus < 1 else 1.0
-
-
-def device_host_costs(topology: Topology, host_cost_s: float) -> dict[str, float]:
-    """The per-datagram host cost of each ensemble whose ``cpus:`` makes it
-    slower than the others (SimNetwork's ``host_costs``)."""
-    return {name: host_cost_s * cpu_factor(s.cpus) for name, s in topology.limits.items()
-            if cpu_factor(s.cpus) != 1.0}
+def topology_cpu_limits(topology: Topology) -> dict[str, float]:
+    """Each ensemble's ``cpus:`` (SimNetwork's ``cpu_limits``: a quota of
+    cpus x 100 ms of CPU per 100 ms period, as Docker enforces it; a host
+    that handles one datagram at a time never reaches a quota of a core or
+    more, so cpus >= 1 changes nothing)."""
+    return {name: s.cpus for name, s in topology.limits.items() if s.cpus is not None}
 
 
 def sim_links(topology: Topology):
@@ -133,25 +165,37 @@ def sim_links(topology: Topology):
 def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | None = None,
                     engine_overrides: dict | None = None,
                     hop_latency_s: float = 0.0,
-                    hop_noise_s: tuple[float, ...] = ()) -> tuple[list[dict], dict]:
-    """Run the flows in simulated time; returns (events, counters per ensemble)."""
+                    hop_noise_s: tuple[float, ...] = (),
+                    cpu_limits: bool = True) -> tuple[list[dict], dict]:
+    """Run the flows in simulated time; returns (events, counters per ensemble).
+    ``cpu_limits``: throttle ensembles with ``cpus:`` as docker does (False:
+    as on netns, where the limits are not applied)."""
     import simpy
 
     from ttnet import (EngineConfig, SimNetwork, TTNetworkInterfaceSim,
                        TTNetworkMessageSim)
+    from ttnet.sim import run_until
 
     env = simpy.Environment()
     default, links = sim_links(topology)
     seed = topology.seed if seed is None else seed
     net = SimNetwork(env, default, links, seed=seed, host_cost_s=host_cost_s,
                      hop_latency_s=hop_latency_s, hop_noise_s=hop_noise_s,
-                     host_costs=device_host_costs(topology, host_cost_s))
+                     cpu_limits=topology_cpu_limits(topology) if cpu_limits else None)
     flows = flows_plan(topology)
     events: list[dict] = []
     ifaces = {}
     apps: dict[str, SimApp] = {}
+    sent: dict[tuple[int, int], bytes] = {}     # what each sender sent, until matched
+    refs: dict[tuple[int, int], MessageRef] = {}    # and its MessageRef, until delivered
+
+    def payload_of(fi: int, ref: MessageRef) -> bytes:
+        refs[(fi, ref.msg)] = ref
+        payload = sent[(fi, ref.msg)] = message_bytes(fi, ref.msg, ref.size)
+        return payload
+
     for name in topology.ensembles:
-        matcher = PayloadMatcher(expected_messages(flows, name))
+        matcher = SentMatcher(expected_messages(flows, name), sent)
 
         def on_receive(msg, name=name, matcher=matcher):
             app = apps.get(name)
@@ -162,45 +206,71 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
                 events.append(Unknown(msg.address, name, len(msg.payload), env.now).record())
                 return
             fi, k, intact = m
-            events.append(Deliver(MessageRef.planned(flows[fi], k), size=len(msg.payload),
+            ref = refs.pop((fi, k), None) or MessageRef.planned(flows[fi], k)
+            events.append(Deliver(ref, size=len(msg.payload),
                                   t=env.now, intact=intact).record())
         ifaces[name] = TTNetworkInterfaceSim(env, net, name, receiver_function=on_receive,
                                              config=EngineConfig(**(engine_overrides or {})))
+
+    restarted_at: dict[str, float] = {}
 
     def sender(fi: int, f: dict):
         iface = ifaces[f["src"]]
         yield env.timeout(f["start_s"])
         due = env.now       # message k's planned time; a pause makes sends late
-        for k in range(f["count"]):
+        incarnation, k = iface.incarnation, 0
+        while k < f["count"]:
             if iface.state != "running":
-                if iface.state == "killed":
+                yield iface.when_running()      # a resume, or a restart (if any)
+            if iface.incarnation != incarnation:
+                # Restarted since the last send: what fell due before the
+                # restart went down with the old agent (the emulated agent
+                # counts it not sent); the fresh one sends from then on.
+                incarnation = iface.incarnation
+                k = max(k, first_due_from(f, restarted_at[f["src"]]))
+                if k >= f["count"]:
                     return
-                yield iface.when_running()
+                due = f["start_s"] + k * f["interval_s"]
+                if due > env.now:
+                    yield env.timeout(due - env.now)
+                    continue                    # paused or restarted again meanwhile?
             ref = MessageRef.planned(f, k)
             events.append(Send(ref, env.now).record())
-            iface.send(TTNetworkMessageSim(f["dst"], message_bytes(fi, k, ref.size)),
+            iface.send(TTNetworkMessageSim(f["dst"], payload_of(fi, ref)),
                        ensure=f["ensure"], deadline_s=f["deadline_s"],
                        after=lambda _msg, ref=ref: events.append(Complete(ref, env.now).record()),
                        on_failure=lambda _m, reason, ref=ref: events.append(
                            Fail(ref, env.now, reason).record()))
-            if k + 1 < f["count"]:
+            k += 1
+            if k < f["count"]:
                 on_time = env.now == due
                 due += f["interval_s"]
                 # Late after a pause: the overdue messages go at once, as
                 # the agent's schedule (absolute times) sends them.
                 yield env.timeout(f["interval_s"] if on_time else max(0.0, due - env.now))
 
-    for fi, f in enumerate(flows):
-        env.process(sender(fi, f))
-    if topology.events:
-        env.process(run_timeline(env, net, ifaces, topology))
-    for name, conf in topology.apps.items():
+    def start_app(name: str) -> None:
+        conf = topology.apps[name]
         main = load_app(topology.base_dir or ".", conf.app_path or "", conf.app_function)
         app = apps[name] = SimApp(env, ifaces[name], name=name, peers=topology.ensembles,
                                   duration=topology.duration_s or 0.0, emit=events.append,
                                   seed=seed)
         app.start(main)
-    env.run(until=topology.expected_duration_s() + 5.0)
+
+    def on_restart(name: str) -> None:
+        # A reboot: the flows resume from now (sender), an app runs again
+        # from scratch (its clock still counts from the experiment start).
+        restarted_at[name] = env.now
+        if name in topology.apps:
+            start_app(name)
+
+    for fi, f in enumerate(flows):
+        env.process(sender(fi, f))
+    if topology.events:
+        env.process(run_timeline(env, net, ifaces, topology, on_restart))
+    for name in topology.apps:
+        start_app(name)
+    run_until(env, topology.expected_duration_s() + 5.0)
     counters = {n: i.counters for n, i in ifaces.items()}
     for name, app in apps.items():
         counters[name]["app_errors"] = app.errors
@@ -237,18 +307,21 @@ def run_simulation(topology: Topology, out_dir: Path | None = None,
                    results_root: Path = Path("results"), host_cost_s: float | None = None,
                    seed: int | None = None, engine_overrides: dict | None = None,
                    replications: int = REPLICATIONS, calibration: dict | None = None,
-                   host: HostModel | None = None) -> Path:
+                   host: HostModel | None = None, cpu_limits: bool | None = None) -> Path:
     """Simulate and write ``events-sim.jsonl``, ``topology.yaml`` and
     ``meta.json`` into ``out_dir`` (default: a new run directory).
     Replication r uses seed ``seed + r``; all are pooled in the events.
     The host model is ``host``, else built from ``calibration``, else from
     the calibration stored under ``results_root``; ``host_cost_s``
-    overrides its per-datagram cost."""
+    overrides its per-datagram cost, ``cpu_limits`` whether ``cpus:`` is
+    enforced (default: the host model's, True unless set from a netns run)."""
     if host is None:
         host = HostModel.from_calibration(calibration or load_calibration(results_root))
     if host_cost_s is not None:
         host = HostModel(host_cost_s, host.hop_latency_s, host.hop_noise_s,
-                         "argument", {"host_cost_s": host_cost_s})
+                         "argument", {"host_cost_s": host_cost_s}, host.cpu_limits)
+    if cpu_limits is not None:
+        host = replace(host, cpu_limits=cpu_limits)
     host_cost_s, hop_latency_s = host.host_cost_s, host.hop_latency_s
     if out_dir is None:
         out_dir = results_root / topology.name / (new_run_id() + "-sim")
@@ -268,6 +341,7 @@ def run_simulation(topology: Topology, out_dir: Path | None = None,
     meta = {"kind": "simulated", "topology": topology.name, "backend": "sim",
             "seed": base_seed, "replications": replications, "host_cost_s": host_cost_s,
             "hop_latency_s": hop_latency_s, "host_model": host.key(),
+            "cpu_limits": topology_cpu_limits(topology) if host.cpu_limits else {},
             "model_version": model_version(), "engine_overrides": engine_overrides or {},
             "host_cost": host.info or {"source": host.source}, "wall_s": round(wall, 3),
             "simulated_s": round(last_event, 3),

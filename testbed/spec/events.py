@@ -26,6 +26,7 @@ import gzip
 import json
 import logging
 import math
+import operator
 import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -70,18 +71,43 @@ class _Record:
 
     def record(self) -> dict[str, Any]:
         d: dict[str, Any] = {"event": self.KIND}
-        for name in _field_names(type(self)):
-            value = getattr(self, name)
-            if name == "ref":
-                d.update((n, getattr(value, n)) for n in _field_names(MessageRef))
-            else:
-                d[name] = value
+        for names, values in _record_plan(type(self)):
+            d.update(zip(names, values(self)))
         return d
 
 
 @functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
+
+
+#: A MessageRef's field values in declaration order (one C call per record).
+_ref_values = operator.attrgetter(*_field_names(MessageRef))
+
+
+@functools.cache
+def _record_plan(cls: type) -> tuple[tuple[tuple[str, ...], Any], ...]:
+    """What ``record()`` does for ``cls``, worked out once: (names, a
+    function giving their values) for each run of the fields in
+    declaration order, ``ref`` expanded into the MessageRef's fields (the
+    simulator writes tens of thousands of records a run)."""
+    plan: list[tuple[tuple[str, ...], Any]] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            get = operator.attrgetter(*run)
+            plan.append((tuple(run), get if len(run) > 1 else lambda obj, g=get: (g(obj),)))
+            run.clear()
+
+    for name in _field_names(cls):
+        if name == "ref":
+            flush()
+            plan.append((_field_names(MessageRef), lambda obj: _ref_values(obj.ref)))
+        else:
+            run.append(name)
+    flush()
+    return tuple(plan)
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,12 +69,16 @@ class EnsembleSettings:
     quarter of one core) and the memory in bytes the host may use (docker:
     container limits; netns: not applied, a warning; simulate: cpus
     scales this host's per-datagram cost). None: unlimited.
+    placement: swarm placement constraints (``node.labels.zone==edge``,
+    ``node.role!=manager``) a node must meet to run this ensemble (the
+    swarm backend; the others and simulate ignore them). None: any node.
     """
 
     run: str | None = None
     app: str | None = None
     cpus: float | None = None
     memory: int | None = None
+    placement: tuple[str, ...] | None = None
 
     @property
     def app_path(self) -> str | None:
@@ -96,9 +100,10 @@ class EnsembleSettings:
         return app, "", ""
 
 
-#: What an ensemble event may do (``action:``); "restart" is refused by
-#: the loader (not supported yet).
-ENSEMBLE_ACTIONS = ("pause", "resume", "kill")
+#: What an ensemble event may do (``action:``). ``restart`` is a device
+#: reboot: SIGKILL the agent if it still runs and start a fresh one (no
+#: protocol state) at the same address; see docs/topologies.md.
+ENSEMBLE_ACTIONS = ("pause", "resume", "kill", "restart")
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ class LinkEvent:
 
 @dataclass(frozen=True)
 class EnsembleEvent:
-    """At ``at_s``, pause, resume or kill one ensemble (ENSEMBLE_ACTIONS)."""
+    """At ``at_s``, pause, resume, kill or restart one ensemble (ENSEMBLE_ACTIONS)."""
 
     at_s: float
     ensemble: str

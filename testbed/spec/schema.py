@@ -26,7 +26,7 @@ from testbed.spec.topology import (APP_PATTERN, ENSEMBLE_FIELDS, ENSEMBLE_NAME_P
                                    EVENT_FIELDS, EVENT_KEYS, FLOW_FIELDS, FLOW_NAME_PATTERN,
                                    FLOW_SIZE_KEYS, KINDS, LINK_FIELDS, LINK_SEPARATORS,
                                    MAX_MESSAGE_SIZE, SHIPPED_DIR, TOP_FIELDS, Field)
-from testbed.spec.topology import MIN_CPUS, MIN_MEMORY
+from testbed.spec.topology import MIN_CPUS, MIN_MEMORY, PLACEMENT_PATTERN
 from testbed.spec.units import (DURATION_UNITS, RATE_UNITS, SIZE_UNITS,
                                 UNSIGNED_NUMBER)
 
@@ -148,6 +148,9 @@ KIND_SCHEMAS: dict[str, Callable[[Field], dict[str, Any]]] = {
     "memory": lambda _: {"anyOf": [
         {"type": "integer", "minimum": MIN_MEMORY},
         _text(rf"{_NUMBER}\s*{_units(SIZE_UNITS)}?")]},
+    # Swarm placement constraints (ENSEMBLE_FIELDS placement).
+    "placement": lambda _: {"type": "array", "minItems": 1,
+                            "items": {"type": "string", "pattern": PLACEMENT_PATTERN}},
     # The fault timeline (EVENT_FIELDS).
     "events": lambda _: _null_or({"type": "array", "items": {"$ref": "#/$defs/event"}}),
     "link_name": lambda _: {"type": "string", "pattern": _link_name_pattern()},

@@ -12,7 +12,7 @@ each step to the running impairment engine and hosts) and the simulator
   during a partition changes the spec underneath, which is what ``heal``
   (or a later partition) brings back. A new partition replaces the one in
   force;
-- ensemble events (pause, resume, kill) change no link.
+- ensemble events (pause, resume, kill, restart) change no link.
 
 Stdlib only, pure: it never touches a network or a clock.
 """
@@ -131,3 +131,14 @@ def link_history(topology: Topology, src: str, dst: str) -> list[tuple[float, Li
 def event_times(topology: Topology) -> list[float]:
     """The distinct event times, ascending (for plots)."""
     return sorted({e.at_s for e in topology.events})
+
+
+def first_due_from(flow: dict, t: float) -> int:
+    """The first message of ``flow`` (a plan entry: start_s, interval_s,
+    count) planned at or after ``t`` seconds from the start; ``count`` if
+    none is. A restarted ensemble sends from there on (both sides): what
+    fell due before its restart went down with the old agent."""
+    for k in range(int(flow["count"])):
+        if flow["start_s"] + k * flow["interval_s"] >= t - 1e-9:
+            return k
+    return int(flow["count"])

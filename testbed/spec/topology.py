@@ -114,6 +114,10 @@ KINDS = (*UNIT_KINDS, "text", "secret", "name", "integer", "boolean",
 KINDS += ("events", "link_name", "action", "groups")
 # A device-like host's limits (ENSEMBLE_FIELDS cpus/memory).
 KINDS += ("cpus", "memory")
+# Where the swarm backend may run an ensemble (ENSEMBLE_FIELDS placement).
+KINDS += ("placement",)
+#: One swarm placement constraint: ``<attribute>==<value>`` or ``!=``.
+PLACEMENT_PATTERN = r"^\s*[A-Za-z0-9_.-]+\s*(==|!=)\s*\S.*$"
 #: The smallest CPU share docker accepts (--cpus 0.01).
 MIN_CPUS = 0.01
 #: The least memory an ensemble may be given: its python agent needs more.
@@ -156,6 +160,9 @@ ENSEMBLE_FIELDS: dict[str, Field] = {f.key: f for f in (
           "of one core, about a Raspberry Pi's share); at least 0.01; docker only"),
     Field("memory", "memory", "memory the host may use, e.g. 256MB or 512MiB; at least "
           "16MB; docker only"),
+    Field("placement", "placement", "swarm placement constraints a node must meet to run "
+          "this ensemble, e.g. [node.labels.zone==edge, node.role!=manager]; swarm "
+          "backend only (docs/swarm.md)"),
 )}
 TOP_FIELDS: dict[str, Field] = {f.key: f for f in (
     Field("name", "name", "topology name; default: the file name without .yaml"),
@@ -175,7 +182,7 @@ TOP_FIELDS: dict[str, Field] = {f.key: f for f in (
           "'a->b' one direction, 'a<->b' both"),
     Field("flows", "flows", "messages one ensemble sends to another"),
     Field("events", "events", "the fault timeline: link changes, partitions, "
-          "ensemble pause/resume/kill, at times from the experiment start"),
+          "ensemble pause/resume/kill/restart, at times from the experiment start"),
 )}
 # One entry of events:. Exactly one of link (with set), ensemble (with
 # action), partition and heal says what it does (EVENT_KEYS).
@@ -186,7 +193,8 @@ EVENT_FIELDS: dict[str, Field] = {f.key: f for f in (
     Field("set", "link", "link fields laid over the link's spec in force "
           "(as in links:), e.g. {loss: 100%}"),
     Field("ensemble", "ensemble", "the ensemble that action: acts on"),
-    Field("action", "action", "pause, resume or kill (restart is not supported yet)"),
+    Field("action", "action", "pause, resume, kill or restart (a reboot: a fresh agent "
+          "at the same address)"),
     Field("partition", "groups", "two or more lists of ensembles: every packet between "
           "two groups is dropped until heal:; ensembles in no group keep their links"),
     Field("heal", "boolean", "true: end the partition; the links are again what "
@@ -503,7 +511,21 @@ class _Reader:
             return self.app(raw, entry, at)
         if field.kind in ("cpus", "memory"):
             return self.limit(field.kind, raw, entry, at)
+        if field.kind == "placement":
+            return self.placement(raw, entry, at)
         raise AssertionError(f"field {key!r} of kind {field.kind!r} is not a scalar")
+
+    def placement(self, raw: Any, entry: str, at: _Loc | None) -> tuple[str, ...]:
+        """A non-empty list of swarm placement constraints."""
+        fix = "write e.g. placement: [node.labels.zone==edge, node.role!=manager]"
+        if not isinstance(raw, list) or not raw:
+            raise self.fail(entry, f"{_as_written(raw, at)} is not a list of placement "
+                            "constraints", fix, at)
+        for c in raw:
+            if not isinstance(c, str) or not re.match(PLACEMENT_PATTERN, c):
+                raise self.fail(entry, f"{c!r} is not a placement constraint "
+                                "('<attribute>==<value>' or '<attribute>!=<value>')", fix, at)
+        return tuple(c.strip() for c in raw)
 
     def limit(self, kind: str, raw: Any, entry: str, at: _Loc | None) -> float | int:
         """A ``cpus:`` share (a number >= MIN_CPUS) or a ``memory:`` size
@@ -811,10 +833,6 @@ class _Reader:
             name = self.endpoint(raw["ensemble"], f"{entry}.ensemble", ensembles,
                                  _at(raw, "ensemble"))
             action, action_at = raw["action"], _at(raw, "action")
-            if action == "restart":
-                raise self.fail(f"{entry}.action", "action 'restart' is not supported yet",
-                                "use pause and resume to stop an ensemble for a while, "
-                                "or kill to stop it for good", action_at)
             if action not in ENSEMBLE_ACTIONS:
                 raise self.fail(f"{entry}.action", f"unknown action "
                                 f"{_as_written(action, action_at)}",
@@ -868,17 +886,19 @@ class _Reader:
                 continue
             now, where = state.get(event.ensemble, "running"), _at(value[i], "action")
             entry = f"events[{i}].action"
-            if now == "killed":
+            if now == "killed" and event.action != "restart":
                 raise self.fail(entry, f"{event.ensemble!r} was killed earlier",
-                                "remove the event (a killed ensemble stays down)", where)
+                                "remove the event, or restart the ensemble before it "
+                                "(a killed ensemble stays down until a restart)", where)
             if event.action == "pause" and now == "paused":
                 raise self.fail(entry, f"{event.ensemble!r} is already paused",
                                 "resume it first, or remove the event", where)
             if event.action == "resume" and now != "paused":
                 raise self.fail(entry, f"{event.ensemble!r} is not paused then",
                                 "pause it earlier, or remove the event", where)
+            # restart: from any state (running, paused, killed) a fresh agent runs.
             state[event.ensemble] = {"pause": "paused", "resume": "running",
-                                     "kill": "killed"}[event.action]
+                                     "kill": "killed", "restart": "running"}[event.action]
         partitioned = False
         for event, i in read:
             if isinstance(event, HealEvent) and not partitioned:
@@ -1091,6 +1111,7 @@ def topology_to_yaml(topology: Topology) -> str:
             settings = topology.settings.get(name)
             ensembles[name] = {} if settings is None else {
                 key: format_size(getattr(settings, key)) if key == "memory"
+                else list(getattr(settings, key)) if key == "placement"
                 else getattr(settings, key) for key in ENSEMBLE_FIELDS
                 if getattr(settings, key) is not None}
         doc["ensembles"] = ensembles

@@ -42,10 +42,12 @@ def _in_target(name: str) -> bool:
                >= FIDELITY_MIN_DELAY_S for f in t.flows)
 
 
-#: `devices` (CPU-limited ensembles) is left out: Docker's CPU limit is a
-#: quota per 100 ms period, so a host under it runs at full speed, while the
-#: simulator slows every datagram by 1/cpus: its 32 KB flow is 16% off
-#: (docs/topologies.md). A known model gap, not noise, so not judged here.
+#: `devices` (CPU-limited ensembles) is left out. The simulator now models
+#: Docker's CPU limit as a quota per 100 ms period (its pis stay under it,
+#: so both run them at full speed), but on the shared 2-core VM it was
+#: measured on, its verdict FAILed 6 of 9 docker runs, and the same
+#: topology without limits FAILed 3 of 6 (docs/topologies.md): the host's
+#: noise, not the CPU model. Judged here once it passes reliably.
 NOT_JUDGED_HERE = {"devices"}
 TARGET = [n for n in list_topologies(TOPO_DIR) if _in_target(n) and n not in NOT_JUDGED_HERE]
 

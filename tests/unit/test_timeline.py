@@ -101,7 +101,7 @@ def test_unlimited_rate_in_a_set_round_trips():
     ("{at: 5s, link: a->b, set: {delay: 20}}", "events[0].set.delay", "no unit"),
     ("{at: 5s, ensemble: z, action: pause}", "events[0].ensemble", "unknown ensemble"),
     ("{at: 5s, ensemble: c, action: nap}", "events[0].action", "unknown action 'nap'"),
-    ("{at: 5s, ensemble: c, action: restart}", "events[0].action", "not supported yet"),
+    ("{at: 5s, ensemble: c, action: reboot}", "events[0].action", "unknown action 'reboot'"),
     ("{at: 5s, ensemble: c, action: resume}", "events[0].action", "not paused"),
     ("{at: 5s, partition: [[a, b]]}", "events[0].partition", "two or more groups"),
     ("{at: 5s, partition: [[a, b], []]}", "events[0].partition[1]", "non-empty list"),

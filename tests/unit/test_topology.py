@@ -396,7 +396,7 @@ def test_check_topology_sets_base_dir_to_the_files_directory(tmp_path):
 #   3   sensor: {run: python3 sensor.py --rate 10}
 #   4   edge: {app: apps/pipeline.py:edge}
 @pytest.mark.parametrize("change, entry, fix_hint, line, column", [
-    (("{run: python3", "{runn: python3"), "ensembles['sensor'].runn", "app, cpus, memory, run",
+    (("{run: python3", "{runn: python3"), "ensembles['sensor'].runn", "app, cpus, memory, placement, run",
      3, 12),
     (("edge: {app:", "edge: {main: x.py, app:"), "ensembles['edge'].main", "remove it", 4, 10),
     (("run: python3 sensor.py --rate 10", "run: ''"), "ensembles['sensor'].run",

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Backend", "BackendError", "Host", "make_backend", "cleanup_stale",
            "present_resources"]
 
-NAMES = ("docker", "netns")
+NAMES = ("docker", "netns", "swarm")
 
 
 def backend_name(name: str | None = None) -> str:
@@ -43,6 +43,9 @@ def make_backend(name: str | None = None, **kwargs) -> Backend:
     if name == "netns":
         from testbed.emulate.backends.netns import NetnsBackend
         return NetnsBackend(**kwargs)
+    if name == "swarm":
+        from testbed.emulate.backends.swarm import SwarmBackend
+        return SwarmBackend(**kwargs)
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)} or 'auto'")
 
 
@@ -54,8 +57,10 @@ def present_resources() -> list[str]:
     from testbed.emulate import net
     from testbed.emulate.backends import docker as docker_backend
     from testbed.emulate.backends import netns as netns_backend
+    from testbed.emulate.backends import swarm as swarm_backend
     live = {c.run_id for c in net.claims() if c.owner_alive}
-    found = docker_backend.resources() + netns_backend.resources()
+    found = swarm_backend.resources_present() + docker_backend.resources() \
+        + netns_backend.resources()
     found += [(c.run_id, f"run claim {c.run_id} ({c.backend})") for c in net.claims()]
     return [f"{what} [run {rid}, {'live' if rid in live else 'stale'}]"
             for rid, what in sorted(found)]
@@ -68,7 +73,10 @@ def cleanup_stale() -> list[str]:
     """
     from testbed.emulate.backends import docker as docker_backend
     from testbed.emulate.backends import netns as netns_backend
-    removed = docker_backend.cleanup_stale() + netns_backend.cleanup_stale()
+    from testbed.emulate.backends import swarm as swarm_backend
+    # Swarm first: its services own task containers the docker sweep would see.
+    removed = swarm_backend.cleanup_stale()
+    removed += docker_backend.cleanup_stale() + netns_backend.cleanup_stale()
     for item in removed:
         log.info("removed stale %s", item)
     return removed

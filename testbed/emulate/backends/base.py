@@ -18,6 +18,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -122,6 +123,12 @@ class Backend(ABC):
         self.hosts: dict[str, Host] = {}
         self._logs: dict[str, str] = {}
         self._old_sigterm = None
+        #: Restarts still to come by host (expect_restarts) and how many
+        #: were done: wait() takes a host's exit for its last only when
+        #: none is due, and waits again for the fresh command after one.
+        self._restart_lock = threading.Lock()
+        self._restarts_due: Counter[str] = Counter()
+        self._restarts_done: Counter[str] = Counter()
         with _live_lock:
             _live.add(self)
 
@@ -237,6 +244,37 @@ class Backend(ABC):
         """SIGKILL every process of host ``name`` (its command's exit code
         is then that of a killed process); the host's network stays."""
         raise BackendError(f"the {self.name} backend cannot kill an ensemble")
+
+    def restart(self, name: str) -> None:
+        """A reboot of host ``name``: SIGKILL its command (and whatever it
+        started) if it still runs, and start the same command again at
+        once in the same host -- same address, same network namespace
+        (impairments stay), output appended to its log, no start gate
+        wait (the go signal was given). The host's exit code is then the
+        fresh command's: wait() waits for it."""
+        try:
+            self._restart(name)
+        finally:
+            with self._restart_lock:
+                if self._restarts_due[name] > 0:
+                    self._restarts_due[name] -= 1
+                self._restarts_done[name] += 1
+
+    def _restart(self, name: str) -> None:
+        raise BackendError(f"the {self.name} backend cannot restart an ensemble")
+
+    def expect_restarts(self, due: dict[str, int]) -> None:
+        """The restarts still to come, by host (the fault timeline's, from
+        its start; empty when it stops): while one is due for a host whose
+        command exited (killed, waiting for its reboot), wait() keeps
+        waiting for it."""
+        with self._restart_lock:
+            self._restarts_due = Counter({n: c for n, c in due.items() if c > 0})
+
+    def _restart_due(self, name: str | None = None) -> bool:
+        """A restart is due for ``name`` (None: for any host)."""
+        with self._restart_lock:
+            return bool(self._restarts_due[name] if name else +self._restarts_due)
 
 
 _MAIN_PID = os.getpid()

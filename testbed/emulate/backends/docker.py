@@ -2,7 +2,9 @@
 
 Owns, per run id ``rid``: the network ``ttnet-<rid>`` (bridge device
 ``ttdk<rid>``, an explicit free /24 from ``testbed.emulate.net``) and containers
-``ttnet-<rid>-<ensemble>``, all labelled ``ttnet.run=<rid>``. Containers
+``ttnet-<rid>-<ensemble>`` (plus ``ttnet-<rid>-<ensemble>-net``, the
+keeper of the network namespace of an ensemble the fault timeline
+restarts), all labelled ``ttnet.run=<rid>``. Containers
 are not auto-removed so exit codes and logs stay readable until down().
 The run directory is bind-mounted at ``/results``.
 
@@ -131,6 +133,8 @@ class DockerBackend(Backend):
         self.image = image
         self.repo_root = Path(repo_root or REPO_ROOT).resolve()
         self._ids: dict[str, str] = {}
+        #: The netns keeper of each ensemble the topology restarts (see _up).
+        self._keepers: dict[str, str] = {}
         self._codes: dict[str, int] = {}
         self._run_dir: Path | None = None
         self._down = False
@@ -159,21 +163,48 @@ class DockerBackend(Backend):
                 subnet=str(subnet), gateway=str(next(subnet.hosts())))]))
         hosts = {name: Host(name, ip, "", "eth0", RESULTS_MOUNT)
                  for name, ip in zip(topology.ensembles, ips, strict=True)}
+        # An ensemble the fault timeline restarts gets its network namespace
+        # from a keeper container (`sleep`, like a pod's pause container):
+        # its agent's container stops at the kill and starts again at the
+        # restart, and the namespace -- address, impairments, capture --
+        # outlives both.
+        restarted = {e.ensemble for e in topology.events
+                     if getattr(e, "action", None) == "restart"}
+
+        def keeper(host: Host) -> str:
+            kid = api.create_container(
+                self.image, ["sleep", "infinity"], name=f"ttnet-{rid}-{host.name}-net",
+                hostname=host.name, labels={LABEL: rid, "ttnet.netns-of": host.name},
+                host_config=api.create_host_config(network_mode=netname, init=True,
+                                                   auto_remove=False),
+                networking_config=api.create_networking_config(
+                    {netname: api.create_endpoint_config(ipv4_address=host.ip)}),
+            )["Id"]
+            self._keepers[host.name] = kid
+            api.start(kid)
+            return kid
 
         def create_and_start(host: Host) -> tuple[str, str]:
             argv = gated(list(command(host)), f"{RESULTS_MOUNT}/{CTL_DIR}", host.name)
+            if host.name in restarted:
+                networking: dict = {"network_mode": f"container:{keeper(host)}"}
+                named: dict = {}
+            else:
+                networking = {"network_mode": netname}
+                named = {"hostname": host.name, "networking_config":
+                         api.create_networking_config(
+                             {netname: api.create_endpoint_config(ipv4_address=host.ip)})}
             cid = api.create_container(
-                self.image, argv, name=f"ttnet-{rid}-{host.name}", hostname=host.name,
+                self.image, argv, name=f"ttnet-{rid}-{host.name}",
                 labels={LABEL: rid, "ttnet.ensemble": host.name},
                 environment={"TTNET_RUN": rid, "TTNET_ENSEMBLE": host.name,
                              "TTNET_RESULTS": RESULTS_MOUNT},
                 host_config=api.create_host_config(
                     binds={str(run_dir): {"bind": RESULTS_MOUNT, "mode": "rw"},
                            **self._shared},
-                    network_mode=netname, init=True, auto_remove=False,
+                    init=True, auto_remove=False, **networking,
                     **host_limits(topology.settings_of(host.name), host.name)),
-                networking_config=api.create_networking_config(
-                    {netname: api.create_endpoint_config(ipv4_address=host.ip)}),
+                **named,
             )["Id"]
             self._ids[host.name] = cid
             api.start(cid)
@@ -185,6 +216,8 @@ class DockerBackend(Backend):
         for name, cid in self._ids.items():
             state = api.inspect_container(cid)["State"]
             path = f"/proc/{state['Pid']}/ns/net"
+            if name in self._keepers:
+                path = f"/proc/{api.inspect_container(self._keepers[name])['State']['Pid']}/ns/net"
             if not state["Running"] or not os.path.exists(path):
                 raise BackendError(f"container of {name!r} is not running "
                                    f"(exit {state['ExitCode']}): {self._read_logs(name)[-2000:]}")
@@ -201,27 +234,40 @@ class DockerBackend(Backend):
 
     def wait(self, timeout_s: float) -> dict[str, int]:
         deadline = time.monotonic() + timeout_s
-        api = self.client.api
         for name, cid in self._ids.items():
-            if name in self._codes:
-                continue
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                self._codes[name] = api.wait(cid, timeout=remaining)["StatusCode"]
-            except Exception:  # requests' ReadTimeout/ConnectionError: still running
-                state = api.inspect_container(cid)["State"]
-                if state["Running"]:
-                    log.warning("docker run %s: %s still running after %.1f s, killing",
-                                self.run_id, name, timeout_s)
-                    try:
-                        api.kill(cid)
-                    except docker.errors.APIError:
-                        pass
-                    api.wait(cid, timeout=30)
-                    self._codes[name] = -9
-                else:
-                    self._codes[name] = state["ExitCode"]
+            while name not in self._codes:
+                self._wait_one(name, cid, deadline, timeout_s)
         return {n: self._codes[n] for n in self._ids}
+
+    def _wait_one(self, name: str, cid: str, deadline: float, timeout_s: float) -> None:
+        """Wait for one container to exit and record its code -- unless it
+        was killed for a reboot (a restart is due or came meanwhile): then
+        record nothing, and wait() waits again, for the fresh agent."""
+        api = self.client.api
+        with self._restart_lock:
+            done_before = self._restarts_done[name]
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            code = api.wait(cid, timeout=remaining)["StatusCode"]
+        except Exception:  # requests' ReadTimeout/ConnectionError: still running
+            state = api.inspect_container(cid)["State"]
+            if state["Running"]:
+                log.warning("docker run %s: %s still running after %.1f s, killing",
+                            self.run_id, name, timeout_s)
+                try:
+                    api.kill(cid)
+                except docker.errors.APIError:
+                    pass
+                api.wait(cid, timeout=30)
+                self._codes[name] = -9
+            else:
+                self._codes[name] = state["ExitCode"]
+            return
+        while self._restart_due(name) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._restart_lock:
+            if self._restarts_done[name] == done_before:
+                self._codes[name] = code
 
     def _read_logs(self, name: str) -> str:
         cid = self._ids.get(name)
@@ -257,7 +303,8 @@ class DockerBackend(Backend):
         log.info("docker run %s down: removed %d items", self.run_id, len(removed))
 
     # --- the fault timeline's ensemble actions: docker pause/unpause (the
-    # cgroup freezer) and kill (SIGKILL: the container stops, exit 137) ---
+    # cgroup freezer), kill (SIGKILL: the container stops, exit 137) and
+    # restart (kill, then start the agent's container again) ---
 
     def _cid(self, name: str) -> str:
         cid = self._ids.get(name)
@@ -274,3 +321,20 @@ class DockerBackend(Backend):
 
     def kill(self, name: str) -> None:
         self.client.api.kill(self._cid(name))
+
+    def _restart(self, name: str) -> None:
+        """Kill the agent's container if it runs (unpaused first) and start
+        it again: the same command, in the keeper's namespace (see _up)."""
+        api, cid = self.client.api, self._cid(name)
+        if name not in self._keepers:
+            raise BackendError(f"{name!r} of run {self.run_id} has no namespace keeper: "
+                               "only an ensemble with a restart event in the topology "
+                               "can be restarted")
+        state = api.inspect_container(cid)["State"]
+        if state["Paused"]:
+            api.unpause(cid)
+        if state["Running"]:
+            api.kill(cid)
+            api.wait(cid, timeout=30)
+        api.start(cid)
+        log.info("docker run %s: %s restarted", self.run_id, name)

@@ -133,6 +133,7 @@ class NetnsBackend(Backend):
         super().__init__(run_id or net.new_net_tag())
         self.repo_root = Path(repo_root or REPO_ROOT).resolve()
         self._procs: dict[str, subprocess.Popen] = {}
+        self._launch: dict[str, tuple[list[str], dict[str, str]]] = {}   # for restart
         self._codes: dict[str, int] = {}
         self._logdir: Path | None = None
         self._run_dir: Path | None = None
@@ -184,20 +185,30 @@ class NetnsBackend(Backend):
                 argv[0] = sys.executable
             full = ["ip", "netns", "exec", f"ttnet-{rid}-{i}",
                     *gated(argv, str(run_dir / CTL_DIR), name, python=sys.executable)]
-            with (self._logdir / f"{name}.log").open("wb") as out:
-                # own session: Ctrl-C at the terminal reaches us, and we kill the group.
-                self._procs[name] = subprocess.Popen(
-                    full, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    env={**env, "TTNET_ENSEMBLE": name}, cwd=str(run_dir), start_new_session=True)
+            self._launch[name] = (full, {**env, "TTNET_ENSEMBLE": name})
+            self._procs[name] = self._start(name, "wb")
         log.info("netns run %s: %d hosts on %s (%s)", rid, len(hosts), bridge, subnet)
         return hosts
 
+    def _start(self, name: str, mode: str) -> subprocess.Popen:
+        argv, env = self._launch[name]
+        assert self._logdir is not None and self._run_dir is not None
+        with (self._logdir / f"{name}.log").open(mode) as out:
+            # own session: Ctrl-C at the terminal reaches us, and we kill the group.
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=env,
+                                    cwd=str(self._run_dir), start_new_session=True)
+
     def _poll(self) -> dict[str, int | None]:
-        return {n: p.poll() for n, p in self._procs.items()}
+        with self._restart_lock:
+            procs = dict(self._procs)
+        return {n: p.poll() for n, p in procs.items()}
 
     def wait(self, timeout_s: float) -> dict[str, int]:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and any(c is None for c in self._poll().values()):
+        # A host killed for a reboot still due is not done: its fresh command is.
+        while time.monotonic() < deadline and (
+                any(c is None for c in self._poll().values()) or self._restart_due()):
             time.sleep(0.05)
         for name, p in self._procs.items():
             if p.poll() is None:
@@ -272,6 +283,53 @@ class NetnsBackend(Backend):
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 log.warning("netns run %s: %s survived SIGKILL for 10 s", self.run_id, name)
+
+    def _restart(self, name: str) -> None:
+        """SIGKILL the host's command and everything it started (not other
+        processes in the namespace, e.g. a capture's tcpdump), then start
+        the command again; the namespace, its address and impairments stay."""
+        proc = self._procs.get(name)
+        if proc is None or name not in self._launch:
+            raise BackendError(f"no host {name!r} in run {self.run_id}; "
+                               f"hosts: {sorted(self.hosts)}")
+        if proc.poll() is None:
+            tree = _descendants(proc.pid)
+            for pid in tree:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                log.warning("netns run %s: %s survived SIGKILL for 10 s", self.run_id, name)
+            log.info("netns run %s: SIGKILL to %s for a restart (pids %s)",
+                     self.run_id, name, tree)
+        fresh = self._start(name, "ab")
+        with self._restart_lock:
+            self._procs[name] = fresh
+        log.info("netns run %s: %s restarted (pid %d)", self.run_id, name, fresh.pid)
+
+
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it (read from /proc at once, so
+    killing them all leaves none re-parented and missed)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
 
 
 def _killpg(p: subprocess.Popen, sig: int) -> None:
