@@ -19,6 +19,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -121,7 +122,78 @@ def host_limits(settings, name: str = "?") -> dict:
     return out
 
 
-class DockerBackend(Backend):
+class ContainerHosts:
+    """What a backend whose hosts are containers of one engine does with
+    them, the same for the docker and swarm backends (``self._ids``: each
+    ensemble's container id; ``self.client``: the engine): exit codes (a
+    container still running at the deadline is killed), stopping them all
+    with their logs kept, and the fault timeline's pause/resume (the cgroup
+    freezer) and kill (SIGKILL: the container stops, exit 137)."""
+
+    name: str
+    run_id: str
+    client: Any
+    _ids: dict[str, str]
+    _logs: dict[str, str]
+    # and the backend's own _read_logs(name)
+
+    def _exit_code(self, name: str, cid: str, deadline: float,
+                   timeout_s: float) -> tuple[int, bool]:
+        """(exit code, whether it exited by itself before ``deadline``); a
+        container still running then is killed (code -9)."""
+        api = self.client.api
+        try:
+            return api.wait(cid, timeout=max(0.1, deadline - time.monotonic()))["StatusCode"], True
+        except Exception:  # requests' ReadTimeout/ConnectionError: still running
+            state = api.inspect_container(cid)["State"]
+            if not state["Running"]:
+                return state["ExitCode"], True
+            log.warning("%s run %s: %s still running after %.1f s, killing",
+                        self.name, self.run_id, name, timeout_s)
+            try:
+                api.kill(cid)
+            except docker.errors.APIError:
+                pass
+            api.wait(cid, timeout=30)
+            return -9, False
+
+    def _stop_all(self) -> None:
+        """Stop every container (STOP_GRACE_S, then SIGKILL), keeping its
+        logs readable after the teardown; never raises."""
+        api = self.client.api
+
+        def stop(item: tuple[str, str]) -> None:
+            name, cid = item
+            try:
+                if api.inspect_container(cid)["State"]["Running"]:
+                    api.stop(cid, timeout=STOP_GRACE_S)
+                self._logs[name] = self._read_logs(name)  # type: ignore[attr-defined]
+            except docker.errors.NotFound:
+                self._logs.setdefault(name, "")
+            except Exception:  # keep going: the teardown removes it regardless
+                log.exception("stopping the container of %s", name)
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(stop, self._ids.items()))
+
+    def _cid(self, name: str) -> str:
+        cid = self._ids.get(name)
+        if cid is None:
+            raise BackendError(f"no container {name!r} in {self.name} run {self.run_id}; "
+                               f"hosts: {sorted(self._ids)}")
+        return cid
+
+    def pause(self, name: str) -> None:
+        self.client.api.pause(self._cid(name))
+
+    def resume(self, name: str) -> None:
+        self.client.api.unpause(self._cid(name))
+
+    def kill(self, name: str) -> None:
+        self.client.api.kill(self._cid(name))
+
+
+class DockerBackend(ContainerHosts, Backend):
     """Ensembles as containers of the ensemble image (built on demand)."""
 
     name = "docker"
@@ -243,25 +315,11 @@ class DockerBackend(Backend):
         """Wait for one container to exit and record its code -- unless it
         was killed for a reboot (a restart is due or came meanwhile): then
         record nothing, and wait() waits again, for the fresh agent."""
-        api = self.client.api
         with self._restart_lock:
             done_before = self._restarts_done[name]
-        remaining = max(0.1, deadline - time.monotonic())
-        try:
-            code = api.wait(cid, timeout=remaining)["StatusCode"]
-        except Exception:  # requests' ReadTimeout/ConnectionError: still running
-            state = api.inspect_container(cid)["State"]
-            if state["Running"]:
-                log.warning("docker run %s: %s still running after %.1f s, killing",
-                            self.run_id, name, timeout_s)
-                try:
-                    api.kill(cid)
-                except docker.errors.APIError:
-                    pass
-                api.wait(cid, timeout=30)
-                self._codes[name] = -9
-            else:
-                self._codes[name] = state["ExitCode"]
+        code, exited = self._exit_code(name, cid, deadline, timeout_s)
+        if not exited:
+            self._codes[name] = code
             return
         while self._restart_due(name) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -282,45 +340,13 @@ class DockerBackend(Backend):
         if self._down:
             return
         self._down = True
-        api = self.client.api
-
-        def stop(item: tuple[str, str]) -> None:
-            name, cid = item
-            try:
-                if api.inspect_container(cid)["State"]["Running"]:
-                    api.stop(cid, timeout=STOP_GRACE_S)
-                self._logs[name] = self._read_logs(name)
-            except docker.errors.NotFound:
-                self._logs.setdefault(name, "")
-            except Exception:  # keep going: teardown below removes it regardless
-                log.exception("stopping container of %s", name)
-
-        with ThreadPoolExecutor(WORKERS) as pool:
-            list(pool.map(stop, self._ids.items()))
+        self._stop_all()
         removed = teardown_run(self.client, self.run_id)
         if self._run_dir is not None:
             shutil.rmtree(self._run_dir / CTL_DIR, ignore_errors=True)
         log.info("docker run %s down: removed %d items", self.run_id, len(removed))
 
-    # --- the fault timeline's ensemble actions: docker pause/unpause (the
-    # cgroup freezer), kill (SIGKILL: the container stops, exit 137) and
-    # restart (kill, then start the agent's container again) ---
-
-    def _cid(self, name: str) -> str:
-        cid = self._ids.get(name)
-        if cid is None:
-            raise BackendError(f"no container {name!r} in run {self.run_id}; "
-                               f"hosts: {sorted(self._ids)}")
-        return cid
-
-    def pause(self, name: str) -> None:
-        self.client.api.pause(self._cid(name))
-
-    def resume(self, name: str) -> None:
-        self.client.api.unpause(self._cid(name))
-
-    def kill(self, name: str) -> None:
-        self.client.api.kill(self._cid(name))
+    # --- the fault timeline's restart (pause, resume, kill: ContainerHosts) ---
 
     def _restart(self, name: str) -> None:
         """Kill the agent's container if it runs (unpaused first) and start

@@ -41,7 +41,8 @@ import docker.types
 from testbed.emulate import net
 from testbed.emulate.backends.base import CTL_DIR, Backend, BackendError, CommandFn, Host, gated
 from testbed.emulate.backends.docker import (LABEL, REPO_ROOT, RESULTS_MOUNT, SHARED_MOUNT,
-                                             STOP_GRACE_S, WORKERS, client_or_none,
+                                             STOP_GRACE_S, WORKERS, ContainerHosts,
+                                             client_or_none,
                                              host_limits)
 from testbed.emulate.impair.rate import ImpairError
 from testbed.spec.model import Topology
@@ -258,7 +259,7 @@ def engines_from_env(env: dict | None = None) -> list:
             for u in raw.split(",") if u.strip()]
 
 
-class SwarmBackend(Backend):
+class SwarmBackend(ContainerHosts, Backend):
     """Ensembles as one-replica swarm services of the ensemble image."""
 
     name = "swarm"
@@ -405,27 +406,10 @@ class SwarmBackend(Backend):
         return out
 
     def wait(self, timeout_s: float) -> dict[str, int]:
-        api = self.client.api
         deadline = time.monotonic() + timeout_s
         for name, cid in self._ids.items():
-            if name in self._codes:
-                continue
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                self._codes[name] = api.wait(cid, timeout=remaining)["StatusCode"]
-            except Exception:  # requests' ReadTimeout/ConnectionError: still running
-                state = api.inspect_container(cid)["State"]
-                if not state["Running"]:
-                    self._codes[name] = state["ExitCode"]
-                    continue
-                log.warning("swarm run %s: %s still running after %.1f s, killing",
-                            self.run_id, name, timeout_s)
-                try:
-                    api.kill(cid)
-                except docker.errors.APIError:
-                    pass
-                api.wait(cid, timeout=30)
-                self._codes[name] = -9
+            if name not in self._codes:
+                self._codes[name] = self._exit_code(name, cid, deadline, timeout_s)[0]
         return {n: self._codes[n] for n in self._ids}
 
     def _read_logs(self, name: str) -> str:
@@ -442,45 +426,16 @@ class SwarmBackend(Backend):
         if self._down:
             return
         self._down = True
-        api = self.client.api
-
-        def stop(item: tuple[str, str]) -> None:
-            name, cid = item
-            try:
-                if api.inspect_container(cid)["State"]["Running"]:
-                    api.stop(cid, timeout=STOP_GRACE_S)
-                self._logs[name] = self._read_logs(name)
-            except docker.errors.NotFound:
-                self._logs.setdefault(name, "")
-            except Exception:  # keep going: teardown below removes it regardless
-                log.exception("stopping task of %s", name)
-
         try:
-            with ThreadPoolExecutor(WORKERS) as pool:
-                list(pool.map(stop, self._ids.items()))
+            self._stop_all()
         finally:
             removed = teardown_run(self.client, self.run_id)
             if self._run_dir is not None:
                 shutil.rmtree(self._run_dir / CTL_DIR, ignore_errors=True)
         log.info("swarm run %s down: removed %d items", self.run_id, len(removed))
 
-    # --- the fault timeline's ensemble actions, on the task's container ---
-
-    def _cid(self, name: str) -> str:
-        cid = self._ids.get(name)
-        if cid is None:
-            raise BackendError(f"no task {name!r} in swarm run {self.run_id}; "
-                               f"hosts: {sorted(self._ids)}")
-        return cid
-
-    def pause(self, name: str) -> None:
-        self.client.api.pause(self._cid(name))
-
-    def resume(self, name: str) -> None:
-        self.client.api.unpause(self._cid(name))
-
-    def kill(self, name: str) -> None:
-        self.client.api.kill(self._cid(name))
+    # pause, resume and kill of the fault timeline: ContainerHosts, on the
+    # task's container (restart is not supported on swarm yet)
 
 
 def _task_ip(task: dict, network: str) -> str:
