@@ -30,8 +30,7 @@ from testbed.spec.app import AppRuntime, load_app, pack_apps
 from testbed.spec.events import (Complete, Deliver, Fail, MessageRef, Send, Unknown,
                                  write_records)
 from testbed.spec.model import Topology
-from testbed.spec.payloads import HEADER_LEN, PayloadMatcher, message_bytes
-from testbed.spec.payloads import _HDR, _MAGIC  # the header layout, for SentMatcher
+from testbed.spec.payloads import PayloadMatcher, message_bytes
 from testbed.spec.plan import expected_messages, flows_plan, new_run_id
 from testbed.spec.timeline import first_due_from
 from testbed.spec.topology import topology_to_yaml
@@ -52,16 +51,9 @@ class SentMatcher(PayloadMatcher):
         super().__init__(expected)
         self._sent = sent
 
-    def match(self, src: str, payload: bytes) -> tuple[int, int, bool] | None:
-        if len(payload) >= HEADER_LEN and payload[:2] == _MAGIC:
-            _, fi, msg = _HDR.unpack_from(payload)
-            size = self._sizes.get((fi, msg))
-            if size is None:
-                return None
-            sent = self._sent.pop((fi, msg), None)
-            if sent is not None:        # sent == message_bytes(fi, msg, size)
-                return fi, msg, size == len(payload) and payload == sent
-        return super().match(src, payload)
+    def _reference(self, fi: int, msg: int, size: int) -> bytes:
+        sent = self._sent.pop((fi, msg), None)     # == message_bytes(fi, msg, size)
+        return sent if sent is not None else super()._reference(fi, msg, size)
 
 
 class SimApp(AppRuntime):

@@ -51,6 +51,10 @@ class PayloadMatcher:
                 key = (src, digest(message_bytes(fi, msg, size)))
                 self._short[key].append((fi, msg))
 
+    def _reference(self, fi: int, msg: int, size: int) -> bytes:
+        """The bytes message ``msg`` of flow ``fi`` was sent with."""
+        return message_bytes(fi, msg, size)
+
     def match(self, src: str, payload: bytes) -> tuple[int, int, bool] | None:
         """(flow index, msg, intact) or None when it is no known message."""
         if len(payload) >= HEADER_LEN and payload[:2] == _MAGIC:
@@ -58,7 +62,7 @@ class PayloadMatcher:
             size = self._sizes.get((fi, msg))
             if size is None:
                 return None
-            intact = size == len(payload) and payload == message_bytes(fi, msg, size)
+            intact = size == len(payload) and payload == self._reference(fi, msg, size)
             return fi, msg, intact
         queue = self._short.get((src, digest(payload)))
         if queue:
