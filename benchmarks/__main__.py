@@ -149,9 +149,15 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report:
-        with open(args.report) as f:
-            saved = json.load(f)
-        saved["meta"]["plain"] = args.plain
+        try:
+            with open(args.report) as f:
+                saved = json.load(f)
+            saved["meta"]["plain"] = args.plain
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: cannot read a saved benchmark result from {args.report}: "
+                  f"{type(exc).__name__}: {exc}. Fix: give a file written by --json",
+                  file=sys.stderr)
+            return 2
         print_report(saved)
         return 0
     started = time.monotonic()

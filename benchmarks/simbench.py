@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="results root holding calibration.json (default: results)")
     ap.add_argument("--json", type=Path, help="save the result here")
     args = ap.parse_args(argv)
+    if args.reps < 1:
+        ap.error("--reps must be at least 1")
+    from testbed.spec.topology import SHIPPED_DIR, list_topologies
+    shipped = list_topologies(SHIPPED_DIR)
+    unknown = [t for t in args.topologies if t not in shipped]
+    if unknown:
+        ap.error(f"no shipped topology {', '.join(unknown)}; choose from {', '.join(shipped)}")
     result = run_sim_speed(args.results, args.reps, args.topologies or None)
     print(format_table(result))
     if args.json:
