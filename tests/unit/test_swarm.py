@@ -171,6 +171,9 @@ class FakeAPI:
         self.calls.append(("container", cid))
         self.ctrs = [c for c in self.ctrs if c["Id"] != cid]
 
+    def inspect_network(self, nid):
+        return {"Containers": {}}        # the engine lists no endpoint to disconnect
+
     def remove_network(self, nid):
         if any(c["Labels"]["ttnet.run"] == RID for c in self.ctrs) or self.busy:
             self.busy = max(0, self.busy - 1)

@@ -64,14 +64,54 @@ def teardown_run(client, rid: str) -> list[str]:
             except docker.errors.NotFound:
                 return None
         removed += [r for r in pool.map(rm, client.api.containers(all=True, filters=flt)) if r]
-    for n in client.api.networks(filters=flt):
-        try:
-            client.api.remove_network(n["Id"])
-            removed.append(f"network {n['Name']}")
-        except docker.errors.NotFound:
-            pass
+    removed += remove_networks(client, flt)
     net.release_run(rid)
     return removed
+
+
+#: How long teardown keeps trying to remove a network whose endpoints the
+#: engine has not released yet.
+NETWORK_REMOVE_S = 30.0
+
+
+def remove_networks(client, flt: dict, timeout_s: float = NETWORK_REMOVE_S) -> list[str]:
+    """Remove the networks matching ``flt`` once their containers are gone.
+    The engine can still list an endpoint of a container it has just
+    removed ("has active endpoints", more often under load); then retry,
+    and from the second try on force-disconnect whatever it still lists,
+    until ``timeout_s``. Raises the engine's error after that."""
+    removed: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    for n in client.api.networks(filters=flt):
+        tries = 0
+        while True:
+            try:
+                client.api.remove_network(n["Id"])
+                removed.append(f"network {n['Name']}")
+                break
+            except docker.errors.NotFound:
+                break
+            except docker.errors.APIError as exc:
+                tries += 1
+                if time.monotonic() > deadline:
+                    raise
+                log.info("network %s not removed yet (%s); retrying", n["Name"], exc)
+                if tries >= 2:
+                    _disconnect_all(client, n["Id"])
+                time.sleep(0.3)
+    return removed
+
+
+def _disconnect_all(client, network_id: str) -> None:
+    try:
+        endpoints = client.api.inspect_network(network_id).get("Containers") or {}
+    except docker.errors.APIError:
+        return
+    for endpoint in endpoints:
+        try:
+            client.api.disconnect_container_from_network(endpoint, network_id, force=True)
+        except docker.errors.APIError:
+            pass
 
 
 def resources(client=None) -> list[tuple[str, str]]:

@@ -42,7 +42,7 @@ from testbed.emulate import net
 from testbed.emulate.backends.base import CTL_DIR, Backend, BackendError, CommandFn, Host, gated
 from testbed.emulate.backends.docker import (LABEL, REPO_ROOT, RESULTS_MOUNT, SHARED_MOUNT,
                                              STOP_GRACE_S, WORKERS, ContainerHosts,
-                                             client_or_none,
+                                             client_or_none, remove_networks,
                                              host_limits)
 from testbed.emulate.impair.rate import ImpairError
 from testbed.spec.model import Topology
@@ -186,19 +186,8 @@ def teardown_run(client, rid: str, wait_s: float = REMOVE_TIMEOUT_S) -> list[str
             removed.append(f"container {c['Names'][0].lstrip('/')}")
         except docker.errors.NotFound:
             pass
-    for n in client.api.networks(filters=flt):
-        # An overlay keeps its endpoints a moment after its last task went.
-        while True:
-            try:
-                client.api.remove_network(n["Id"])
-                removed.append(f"network {n['Name']}")
-                break
-            except docker.errors.NotFound:
-                break
-            except docker.errors.APIError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
+    # An overlay keeps its endpoints a moment after its last task went.
+    removed += remove_networks(client, flt, max(1.0, deadline - time.monotonic()))
     net.release_run(rid)
     return removed
 
