@@ -13,3 +13,13 @@ def free_udp_port() -> int:
 @pytest.fixture
 def udp_port():
     return free_udp_port
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the swarm e2e tests last: they initialise a one-node swarm and
+    leave it again, which changes the Docker engine's network state (the
+    ingress overlay, docker_gwbridge); every other test runs on an engine
+    that has not been through that in this session."""
+    last = [item for item in items if item.fspath.basename == "test_swarm_e2e.py"]
+    if last:
+        items[:] = [item for item in items if item not in last] + last
