@@ -177,6 +177,31 @@ class ContainerHosts:
     _logs: dict[str, str]
     # and the backend's own _read_logs(name)
 
+    def __init__(self, image: str | None = None, repo_root: Path | None = None,
+                 client=None, run_id: str | None = None) -> None:
+        super().__init__(run_id or net.new_net_tag())  # type: ignore[call-arg]
+        self.client = client or docker.from_env(timeout=120)
+        self.image = image
+        self.repo_root = Path(repo_root or REPO_ROOT).resolve()
+        self._ids = {}
+        self._codes: dict[str, int] = {}
+        self._run_dir: Path | None = None
+        self._down = False
+
+    def _poll(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for name, cid in self._ids.items():
+            state = self.client.api.inspect_container(cid)["State"]
+            out[name] = None if state["Running"] else state["ExitCode"]
+        return out
+
+    def _container_logs(self, cid: str) -> str:
+        """A container's stdout and stderr ("" once it is gone)."""
+        try:
+            return self.client.api.logs(cid, stdout=True, stderr=True).decode(errors="replace")
+        except docker.errors.NotFound:
+            return ""
+
     def _exit_code(self, name: str, cid: str, deadline: float,
                    timeout_s: float) -> tuple[int, bool]:
         """(exit code, whether it exited by itself before ``deadline``); a
@@ -240,16 +265,9 @@ class DockerBackend(ContainerHosts, Backend):
 
     def __init__(self, image: str | None = None, repo_root: Path | None = None,
                  client=None, run_id: str | None = None) -> None:
-        super().__init__(run_id or net.new_net_tag())
-        self.client = client or docker.from_env(timeout=120)
-        self.image = image
-        self.repo_root = Path(repo_root or REPO_ROOT).resolve()
-        self._ids: dict[str, str] = {}
+        super().__init__(image, repo_root, client, run_id)
         #: The netns keeper of each ensemble the topology restarts (see _up).
         self._keepers: dict[str, str] = {}
-        self._codes: dict[str, int] = {}
-        self._run_dir: Path | None = None
-        self._down = False
         self._shared: dict[str, dict[str, str]] = {}
 
     def share_dir(self, path: str) -> str:
@@ -337,13 +355,6 @@ class DockerBackend(ContainerHosts, Backend):
         log.info("docker run %s: %d containers on %s (%s)", rid, len(hosts), netname, subnet)
         return hosts
 
-    def _poll(self) -> dict[str, int | None]:
-        out: dict[str, int | None] = {}
-        for name, cid in self._ids.items():
-            state = self.client.api.inspect_container(cid)["State"]
-            out[name] = None if state["Running"] else state["ExitCode"]
-        return out
-
     def wait(self, timeout_s: float) -> dict[str, int]:
         deadline = time.monotonic() + timeout_s
         for name, cid in self._ids.items():
@@ -369,12 +380,7 @@ class DockerBackend(ContainerHosts, Backend):
 
     def _read_logs(self, name: str) -> str:
         cid = self._ids.get(name)
-        if cid is None:
-            return ""
-        try:
-            return self.client.api.logs(cid, stdout=True, stderr=True).decode(errors="replace")
-        except docker.errors.NotFound:
-            return ""
+        return "" if cid is None else self._container_logs(cid)
 
     def down(self) -> None:
         if self._down:

@@ -40,7 +40,7 @@ import docker.types
 
 from testbed.emulate import net
 from testbed.emulate.backends.base import CTL_DIR, Backend, BackendError, CommandFn, Host, gated
-from testbed.emulate.backends.docker import (LABEL, REPO_ROOT, RESULTS_MOUNT, SHARED_MOUNT,
+from testbed.emulate.backends.docker import (LABEL, RESULTS_MOUNT, SHARED_MOUNT,
                                              STOP_GRACE_S, WORKERS, ContainerHosts,
                                              client_or_none, remove_networks,
                                              host_limits)
@@ -255,15 +255,8 @@ class SwarmBackend(ContainerHosts, Backend):
 
     def __init__(self, image: str | None = None, repo_root: Path | None = None,
                  client=None, run_id: str | None = None) -> None:
-        super().__init__(run_id or net.new_net_tag())
-        self.client = client or docker.from_env(timeout=120)
-        self.image = image
-        self.repo_root = Path(repo_root or REPO_ROOT).resolve()
+        super().__init__(image, repo_root, client, run_id)   # _ids: task containers
         self._services: dict[str, str] = {}     # ensemble -> service id
-        self._ids: dict[str, str] = {}          # ensemble -> task container id
-        self._codes: dict[str, int] = {}
-        self._run_dir: Path | None = None
-        self._down = False
         self._shared: dict[str, str] = {}
         self.network: str = f"ttnet-{self.run_id}"
         self.subnet: ipaddress.IPv4Network | None = None
@@ -387,13 +380,6 @@ class SwarmBackend(ContainerHosts, Backend):
         except Exception:
             return ""
 
-    def _poll(self) -> dict[str, int | None]:
-        out: dict[str, int | None] = {}
-        for name, cid in self._ids.items():
-            state = self.client.api.inspect_container(cid)["State"]
-            out[name] = None if state["Running"] else state["ExitCode"]
-        return out
-
     def wait(self, timeout_s: float) -> dict[str, int]:
         deadline = time.monotonic() + timeout_s
         for name, cid in self._ids.items():
@@ -406,10 +392,7 @@ class SwarmBackend(ContainerHosts, Backend):
         if cid is None:
             sid = self._services.get(name)
             return self._service_logs(sid) if sid else ""
-        try:
-            return self.client.api.logs(cid, stdout=True, stderr=True).decode(errors="replace")
-        except docker.errors.NotFound:
-            return ""
+        return self._container_logs(cid)
 
     def down(self) -> None:
         if self._down:
