@@ -1,6 +1,17 @@
+import os
 import socket
 
 import pytest
+from hypothesis import settings
+
+# Property tests are deterministic in `make test`: the same examples every
+# run (derandomize), no example database carried between runs, and no
+# per-example deadline (a loaded 2-core CI machine once took over 200 ms on
+# one YAML round trip, and a timing flake is not a property failure).
+# HYPOTHESIS_PROFILE=explore draws fresh random examples when hunting bugs.
+settings.register_profile("ttnet", deadline=None, derandomize=True, database=None)
+settings.register_profile("explore", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ttnet"))
 
 
 def free_udp_port() -> int:
