@@ -79,11 +79,11 @@ def measure(args: argparse.Namespace, ctx: Any, a: Worker, b: Worker,
     result["goodput"] = run_goodput(a, b, args.reps, GOODPUT_SIZE)
     counters["goodput"] = delta(s, ("plain", "auth"))
 
-    log(f"latency: {args.pings} x (UDP ping-pong, ttnet, floor) in {args.rounds} "
-        "interleaved rounds")
+    log(f"latency: {args.pings} x (UDP ping-pong, ttnet, floor, ttnet fast start, the same "
+        f"with inline callbacks) in {args.rounds} interleaved rounds")
     s = snap()
     result["latency"] = run_latency(a, b, args.pings, args.rounds)
-    counters["latency"] = delta(s, ("plain",))
+    counters["latency"] = delta(s, ("plain", "fast", "inline"))
 
     if not args.skip_split and (os.cpu_count() or 1) >= 2:
         log("latency again with A pinned to CPU 0 and B to CPU 1")
@@ -93,7 +93,7 @@ def measure(args: argparse.Namespace, ctx: Any, a: Worker, b: Worker,
             s = snap()
             result["latency_split"] = run_latency(a, b, args.pings // 2,
                                                   max(1, args.rounds // 2))
-            counters["latency_split"] = delta(s, ("plain",))
+            counters["latency_split"] = delta(s, ("plain", "fast", "inline"))
         finally:
             a.call("pin", None)
             b.call("pin", None)

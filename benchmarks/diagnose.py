@@ -92,7 +92,7 @@ class TracedNode(nodes.Node):
 
         def tracer(ev: TraceEvent) -> None:
             trace.append((time.monotonic_ns(), _thread_tag(), _label(ev), ev.size))
-        return EngineConfig(tracer=tracer)
+        return EngineConfig(tracer=tracer, fast_start=name in ("fast", "inline"))
 
     def _wrap_receiver(self, name: str) -> None:
         iface = self.ifaces[name]

@@ -81,19 +81,24 @@ class Node(BaselineCommands, OtherCommands):
     def __init__(self, conn: Any) -> None:
         super().__init__(conn)
         self.arrivals: dict[str, queue.SimpleQueue[tuple[float, int]]] = {
-            "plain": queue.SimpleQueue(), "auth": queue.SimpleQueue()}
+            "plain": queue.SimpleQueue(), "auth": queue.SimpleQueue(),
+            "fast": queue.SimpleQueue(), "inline": queue.SimpleQueue()}
         self.pongs: queue.SimpleQueue[float] = queue.SimpleQueue()
         #: (ping number, time.monotonic() at the top of the receiver function)
         self.ping_stamps: list[tuple[int, float]] = []
         self.ifaces: dict[str, TTNetworkInterfaceUDP] = {}
-        for name, auth in (("plain", None), ("auth", self.make_authenticator())):
+        # "fast": fast start on (both ends are ttnet), for its latency rows;
+        # "inline": the same with the receiver function on the I/O thread
+        for name, auth in (("plain", None), ("auth", self.make_authenticator()),
+                           ("fast", None), ("inline", None)):
             self.ifaces[name] = make_iface(self._receiver(name), auth, self.interface_class,
-                                           config=self.engine_config(name))
+                                           config=self.engine_config(name),
+                                           inline_callbacks=name == "inline")
         self.raw = raw_socket()
 
     def engine_config(self, name: str) -> EngineConfig | None:
         """The engine configuration of interface ``name`` (None: default)."""
-        return None
+        return EngineConfig(fast_start=True) if name in ("fast", "inline") else None
 
     def make_authenticator(self) -> Authenticator:
         return Authenticator(AUTH_KEY)
@@ -268,12 +273,12 @@ def ttnet_goodput(a: Worker, b: Worker, iface: str, size: int) -> dict[str, Any]
 
 
 def ttnet_pingpong(a: Worker, b: Worker, n: int, size: int,
-                   one_way: list[float]) -> tuple[list[float], int]:
-    """n PING/PONG exchanges over the plain interfaces; returns (round
+                   one_way: list[float], iface: str = "plain") -> tuple[list[float], int]:
+    """n PING/PONG exchanges over the ``iface`` interfaces; returns (round
     trips, timeouts) and appends each PING's send() in a -> receiver
     function in b to ``one_way``."""
     b.call("ping_stamps")
-    rtts, n_lost, sends = a.call("ttping", "plain", b.info["plain"], n, size, 30.0,
+    rtts, n_lost, sends = a.call("ttping", iface, b.info[iface], n, size, 30.0,
                                  timeout=60.0)
     got = dict(b.call("ping_stamps"))
     one_way.extend(got[i] - t0 for i, t0 in sends if i in got)

@@ -65,23 +65,32 @@ def run_latency(a: Worker, b: Worker, pings: int, rounds: int) -> dict[str, Any]
     the protocol floor's PING/PONG. Also accounts the CPU time and context
     switches both processes spend per exchange."""
     per = max(1, pings // rounds)
-    samples: dict[str, list[float]] = {"udp": [], "tt": [], "floor": []}
-    lost = {"udp": 0, "tt": 0, "floor": 0}
-    cpu = {"udp": 0.0, "tt": 0.0, "floor": 0.0}
-    csw = {"udp": 0, "tt": 0, "floor": 0}
     direct: list[float] = []      # ttnet send() in A -> receiver function in B
+    # the same with fast start on both ends ("fast"), and with fast start
+    # and the receiver function run on the I/O thread ("inline")
+    direct_fast: dict[str, list[float]] = {"fast": [], "inline": []}
 
     run: dict[str, Callable[[int], tuple[list[float], int]]] = {
         "udp": lambda n: udp_pingpong(a, b, n, PING_SIZE),
         "tt": lambda n: ttnet_pingpong(a, b, n, PING_SIZE, direct),
         "floor": lambda n: floor_pingpong(a, b, n, PING_SIZE),
+        "fast": lambda n: ttnet_pingpong(a, b, n, PING_SIZE, direct_fast["fast"], "fast"),
+        "inline": lambda n: ttnet_pingpong(a, b, n, PING_SIZE, direct_fast["inline"],
+                                           "inline"),
     }
+    kinds = list(run)
+    samples: dict[str, list[float]] = {k: [] for k in kinds}
+    lost = dict.fromkeys(kinds, 0)
+    cpu = dict.fromkeys(kinds, 0.0)
+    csw = dict.fromkeys(kinds, 0)
     for fn in run.values():                      # warm-up, discarded
         fn(30)
     direct.clear()
-    kinds = list(run)
+    for xs in direct_fast.values():
+        xs.clear()
     for r in range(rounds):
-        for kind in kinds[r % 3:] + kinds[:r % 3]:
+        k = r % len(kinds)
+        for kind in kinds[k:] + kinds[:k]:
             c0, s0 = a.call("cpu") + b.call("cpu"), a.call("ctxsw") + b.call("ctxsw")
             x, n_lost = run[kind](per)
             cpu[kind] += a.call("cpu") + b.call("cpu") - c0
@@ -106,6 +115,14 @@ def run_latency(a: Worker, b: Worker, pings: int, rounds: int) -> dict[str, Any]
         "baseline_median_us": median(base) * 1e6,
         "baseline_p90_us": pct(base, 90) * 1e6,
         "floor_median_us": median(floor) * 1e6 / 2,
+        # fast start (ttnet's extension, both ends ttnet): send() -> receiver
+        # fn, with callbacks on the dispatcher thread ("fast_") and on the
+        # I/O thread ("inline_", inline_callbacks=True)
+        **{f"{k}_{what}": value for k, xs in direct_fast.items() for what, value in (
+            ("median_us", median(xs) * 1e6), ("p90_us", pct(xs, 90) * 1e6),
+            ("rtt_median_us", median(samples[k]) * 1e6),
+            ("oneway_us", [x * 1e6 for x in xs]), ("samples", len(xs)),
+            ("timeouts", lost[k]))},
         "ttnet_samples": len(direct), "baseline_samples": len(base),
         "floor_samples": len(floor),
         "ttnet_timeouts": lost["tt"], "baseline_timeouts": lost["udp"],

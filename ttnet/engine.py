@@ -7,7 +7,9 @@ retransmission timers (adaptive RTO per peer), fast retransmit, the
 congestion window that paces what is in flight, exactly-once delivery
 (recently completed messages are remembered and their late duplicates
 re-ACKed, never re-delivered), send deadlines, and the memory bounds on
-what peers may make it hold.
+what peers may make it hold. Also ttnet's one wire extension, fast start
+(``EngineConfig.fast_start``, off by default): a one-packet ensure=True
+message sent as a single FAST packet, REQ and DATA together.
 
 What it must never do: open a socket, start a thread, sleep or read a
 clock. The caller drives it::
@@ -40,8 +42,9 @@ from .events import (Address, Delivered, EngineEvent, SendCompleted, SendFailed,
                      TraceEvent, TraceKind, Tracer)
 from .rtt import CongestionWindow, RttEstimator
 from .window import TTSlidingWindow
-from .wire import (ACK_KIND, DATA_KIND, MAX_DATA, REQ_KIND, MalformedPacket,
-                   encode_ack, encode_data, encode_req, packet_count, parse_datagram)
+from .wire import (ACK_KIND, DATA_KIND, FAST_KIND, MAX_DATA, REQ_KIND, MalformedPacket,
+                   encode_ack, encode_data, encode_fast, encode_req, packet_count,
+                   parse_datagram)
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +117,34 @@ class EngineConfig:
     #: a message), in the thread driving the engine. None: no tracing, and
     #: no cost. Read once, when the Engine is made.
     tracer: Tracer | None = field(default=None, compare=False)
+    #: Fast start, ttnet to ttnet only: an ensure=True message that fits one
+    #: datagram (<= 1200 bytes) goes out as one FAST packet -- its REQ and
+    #: its DATA together -- and completes on the receiver's ACK(0): one
+    #: one-way trip to delivery instead of three (REQ, ACK_START, DATA).
+    #: A TTPython receiver drops FAST as an unknown packet type, so such a
+    #: send would fail at its deadline: only name peers that run ttnet.
+    #: False (the default): never. True: to every peer. A collection of
+    #: ``(ip, port)`` addresses: to those peers only. Receiving FAST needs
+    #: no setting. Larger and best-effort messages keep the handshake.
+    fast_start: bool | frozenset = False
 
     def __post_init__(self) -> None:
         if self.window_size < 1:
             raise ValueError("window_size must be >= 1")
+        if not isinstance(self.fast_start, bool):
+            value = self.fast_start
+            try:
+                if isinstance(value, (str, bytes)):
+                    raise TypeError
+                # addresses as the driver names peers: (ip, port) for UDP
+                # (lists from JSON/YAML become tuples), host names in a
+                # simulation
+                self.fast_start = frozenset(tuple(a) if isinstance(a, list) else a
+                                            for a in value)
+            except TypeError as exc:
+                raise ValueError("fast_start must be True, False or a collection of peer "
+                                 f"addresses such as ('10.0.0.2', 8225), got {value!r}"
+                                 ) from exc
         if self.max_message_size < 0:
             raise ValueError("max_message_size must be >= 0")
 
@@ -160,6 +187,8 @@ class _Outgoing:
     last_served: int = 0
     scheduled_at: float = _INF
     done: bool = False
+    #: Sent with fast start: no handshake, the one packet goes as FAST.
+    fast: bool = False
 
     @property
     def num_packets(self) -> int:
@@ -255,7 +284,11 @@ class Engine:
         if self._tracer is not None:
             self._trace(TraceEvent(TraceKind.SEND_QUEUED, now, address, mid, None, n,
                                    len(payload)))
-        self._send_req(out, now)
+        fast = cfg.fast_start
+        if ensure and n == 1 and fast and (fast is True or address in fast):
+            self._fast_start(out, now)
+        else:
+            self._send_req(out, now)
         self._rearm(out)
         self.counters["messages_queued"] += 1
         return out.handle
@@ -282,8 +315,10 @@ class Engine:
             self._on_ack(address, mid, number, now)
         elif kind == DATA_KIND:
             self._on_data(address, mid, number, body, now)
-        else:
+        elif kind == REQ_KIND:
             self._on_req(address, mid, number, now)
+        else:
+            self._on_fast(address, mid, number, body, now)
 
     def handle_timers(self, now: float) -> None:
         """Run everything due at or before ``now``."""
@@ -354,6 +389,10 @@ class Engine:
                         busy.append(msg)
                 msgs = busy
         return out
+
+    def has_events(self) -> bool:
+        """Whether pop_events would return anything."""
+        return bool(self._events)
 
     def pop_events(self) -> list[EngineEvent]:
         ev, self._events = self._events, []
@@ -461,6 +500,21 @@ class Engine:
         else:
             out.req_next_at = _INF
 
+    def _fast_start(self, out: _Outgoing, now: float) -> None:
+        """Start a send with no handshake: its one packet leaves as FAST
+        with the next datagrams_to_send, and is retransmitted like any
+        DATA packet (each copy is a complete request on its own, so the
+        stall restart never applies)."""
+        out.fast = True
+        out.started = True
+        out.started_at = out.heard_at = now
+        out.window.start(now=now)
+        self._sending[out.handle] = out
+        self.counters["fast_starts"] += 1
+        if self._tracer is not None:
+            self._trace(TraceEvent(TraceKind.SEND_STARTED, now, out.address, out.message_id,
+                                   None, out.num_packets, len(out.payload)))
+
     def _rearm(self, out: _Outgoing) -> None:
         when = out.deadline
         if not out.started:
@@ -471,7 +525,7 @@ class Engine:
                 rto = self._backed_off_rto(out, self._peers[out.address])
                 when = min(when, out.sent_at[head] + rto)
             stall = self.config.stall_restart_s
-            if out.ensure and stall is not None:
+            if out.ensure and stall is not None and not out.fast:
                 when = min(when, out.heard_at + stall)
         self._schedule(out, when)
 
@@ -507,7 +561,7 @@ class Engine:
             return
         peer = self._peers[out.address]
         stall = self.config.stall_restart_s
-        if out.ensure and stall is not None and now >= out.heard_at + stall:
+        if out.ensure and stall is not None and not out.fast and now >= out.heard_at + stall:
             self._restart(out, peer, now)
             return
         rto = self._backed_off_rto(out, peer)
@@ -598,6 +652,13 @@ class Engine:
         self.counters["data_sent"] += 1
         if len(out.flight) == 1 or out.scheduled_at == _INF:
             self._rearm(out)
+        if out.fast:
+            dg = encode_fast(out.message_id, out.payload)
+            self.counters["fast_sent"] += 1
+            if self._tracer is not None:
+                self._trace(TraceEvent(_RESENT if resent else _SENT, now, out.address,
+                                       out.message_id, FAST_KIND, 0, len(dg)))
+            return dg
         start = idx * MAX_DATA
         seq = idx % out.window.modulus
         dg = encode_data(out.message_id, seq, out.payload[start:start + MAX_DATA])
@@ -638,8 +699,9 @@ class Engine:
         if idx is None:
             self._drop("ack_out_of_window", address, mid, now)
             return
-        if idx == 0 and out.state[0] != _ACKED:
-            # ACK_START and ACK(0) are the same datagram. Extra ACK_STARTs
+        if idx == 0 and out.state[0] != _ACKED and not out.fast:
+            # ACK_START and ACK(0) are the same datagram (a fast-start send
+            # has no ACK_START: its ACK(0) can only acknowledge FAST). Extra ACK_STARTs
             # come from retransmitted REQs (at most req_count-1 of them) and
             # from the network duplicating one; the copies trail the first
             # by about the path's delay variation, while a real ACK(0) needs
@@ -850,6 +912,35 @@ class Engine:
             parts = window.items
             self._drop_incoming(peer, inc)
             self._deliver(address, mid, parts, window.total, now)
+
+    def _on_fast(self, address: Address, mid: int, seq: int, data: bytes,
+                 now: float) -> None:
+        """A FAST packet: a whole one-packet message, REQ and DATA in one.
+        Delivered at once (nothing to reserve or reassemble) and ACKed with
+        ACK(0); a copy of one already delivered is re-ACKed, never
+        delivered again (the completed set, as for REQ and DATA)."""
+        self.counters["fast_received"] += 1
+        if seq != 0:
+            self._drop("dropped_bad_fast", address, mid, now)
+            return
+        peer = self._peers.get(address)
+        if peer is not None and mid in peer.incoming:
+            # The id of a message this peer started with a REQ: not a
+            # ttnet sender's doing (it picks fresh random ids). Keep the
+            # message under way; ignore this.
+            self._drop("fast_conflicts_incoming", address, mid, now)
+            return
+        if (address, mid) in self._completed:
+            self._drop("fast_duplicate_completed", address, mid, now)
+            self._ack(address, mid, 0, now)
+            return
+        if len(data) > self.config.max_message_size:
+            self._drop("fast_refused_too_large", address, mid, now)
+            return
+        if self._tracer is not None:
+            self._trace(TraceEvent(TraceKind.RECEIVE_STARTED, now, address, mid, None, 1))
+        self._ack(address, mid, 0, now)
+        self._deliver(address, mid, [data], 1, now)
 
     def _drop_incoming(self, peer: _Peer, inc: _Incoming) -> None:
         inc.done = True

@@ -16,6 +16,14 @@ Layouts (integers little-endian, CRC trailer big-endian)::
     REQ  type(1)=0 message_id(8) message_type(2)=0 num_packets(4) crc(4)   19 B
     DATA type(1)=1 message_id(8) sequence_num(4)   data(<=1200)   crc(4)   17+n B
     ACK  type(1)=2 message_id(8) sequence_num(4)                  crc(4)   17 B
+
+ttnet's one extension, sent only when configured (``EngineConfig.fast_start``)
+and only to ttnet peers; a ttnet receiver always accepts it::
+
+    FAST type(1)=3 message_id(8) sequence_num(4)=0 data(<=1200) crc(4)   17+n B
+
+A FAST packet is the REQ and the only DATA packet of a one-packet message in
+one datagram; the receiver answers it with ACK(message_id, 0).
 """
 from __future__ import annotations
 
@@ -306,6 +314,13 @@ def encode_data(message_id: int, sequence_num: int,
     return _seal(_SEQ.pack(TTPacketType.DATA, message_id, sequence_num) + bytes(data))
 
 
+def encode_fast(message_id: int, data: bytes | bytearray | memoryview) -> bytes:
+    """A FAST packet: REQ and DATA 0 of a one-packet message together."""
+    if len(data) > MAX_DATA:
+        raise ValueError(f"FAST carries at most {MAX_DATA} bytes, got {len(data)}")
+    return _seal(_SEQ.pack(FAST_KIND, message_id, 0) + bytes(data))
+
+
 def encode_ack(message_id: int, sequence_num: int) -> bytes:
     return _seal(_SEQ.pack(TTPacketType.ACK, message_id, sequence_num))
 
@@ -324,6 +339,9 @@ def convert_to_payload(packet: TTPacket) -> bytes:
 ParsedDatagram = tuple[int, int, int, bytes, int]
 
 REQ_KIND, DATA_KIND, ACK_KIND = int(TTPacketType.REQ), int(TTPacketType.DATA), int(TTPacketType.ACK)
+#: ttnet's fast-start packet (not TTPython's: a TTPython receiver drops it as
+#: an unknown type). Same layout as DATA; see the module docstring.
+FAST_KIND = 3
 _EMPTY = b""
 
 
@@ -340,7 +358,7 @@ def parse_datagram(datagram: bytes) -> ParsedDatagram | None:
     if n < MIN_DATAGRAM:
         raise MalformedPacket(f"datagram of {n} bytes is shorter than any packet ({MIN_DATAGRAM})")
     kind = datagram[0]
-    if kind == DATA_KIND:
+    if kind == DATA_KIND or kind == FAST_KIND:
         if n > MAX_DATAGRAM:
             raise MalformedPacket(f"DATA must be {MIN_DATAGRAM}..{MAX_DATAGRAM} bytes, got {n}")
     elif kind == ACK_KIND:
@@ -359,7 +377,7 @@ def parse_datagram(datagram: bytes) -> ParsedDatagram | None:
         _, mid, mtype, num = _REQ.unpack_from(datagram)
         return kind, mid, num, _EMPTY, mtype
     _, mid, seq = _SEQ.unpack_from(datagram)
-    if kind == DATA_KIND:
+    if kind == DATA_KIND or kind == FAST_KIND:
         return kind, mid, seq, datagram[DATA_HEADER:-CRC_SIZE], 0
     return kind, mid, seq, _EMPTY, 0
 
@@ -375,6 +393,9 @@ def convert_to_packet(payload: bytes) -> TTPacket | None:
     if dg is None:
         return None
     kind, mid, number, data, mtype = dg
+    if kind == FAST_KIND:
+        raise MalformedPacket("FAST (type 3) is ttnet's fast-start extension, not a "
+                              "TTPython packet; ttnet's engine reads it")
     if kind == REQ_KIND:
         return TTRequestPacket(mid, number, mtype)
     if kind == ACK_KIND:

@@ -5,6 +5,7 @@ test's: it checks that every row was measured and judged."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +23,20 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.timeout(360)
 def test_a_short_bench_run_measures_and_judges_every_row(tmp_path):
     out_json = tmp_path / "bench.json"
-    out = bench("--reps", "1", "--pings", "50", "--rounds", "1", "--skip-memory",
-                "--skip-split", "--skip-sim", "--skip-others", "--plain", "--json", str(out_json))
+    out = bench("--reps", "1", "--pings", "60", "--rounds", "2", "--skip-memory",
+                "--skip-sim", "--skip-others", "--plain", "--json", str(out_json))
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out_json.read_text())
-    assert set(result["pass"]) >= {"goodput", "latency", "auth", "latency_floor", "cpu_floor",
-                                   "no_spurious_retx"}
+    judged = {"goodput", "latency", "auth", "latency_floor", "cpu_floor", "no_spurious_retx"}
+    if (os.cpu_count() or 1) >= 2:                   # the pinned phase needs two CPUs
+        judged |= {"latency_floor_pinned", "fast_start_pinned"}
+    assert set(result["pass"]) >= judged
+    # fast start was measured over interfaces that really used it
+    for k in ("fast", "inline"):
+        assert result["latency"][f"{k}_samples"] >= 50 and result["latency"][f"{k}_timeouts"] == 0
+        fast = result["counters"]["latency"]["sender"][k]
+        assert fast["fast_starts"] > 0 and fast.get("req_sent", 0) == 0
+    assert "ref: latency, 64 B, fast start + inline callbacks" in out.stdout
     assert all(isinstance(v, bool) for v in result["pass"].values())
     assert all(r > 0 for r in result["ratios"].values() if isinstance(r, (int, float)))
     assert "verdict:" in out.stdout and "Spurious retransmissions" in out.stdout

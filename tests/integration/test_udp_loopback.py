@@ -224,3 +224,23 @@ def test_slow_receiver_function_never_stalls_the_network_and_order_holds(udp_por
     assert got == list(range(16))
     assert sorted(replies) == sorted([b"from B"] + [b"re%d" % i for i in range(16)])
     assert b.counters["callback_errors"] == 0
+
+
+def test_fast_start_over_real_sockets_delivers_every_message_once(udp_port):
+    """EngineConfig(fast_start=...) on a UDP interface: one-packet
+    ensure=True messages go as FAST datagrams (no REQ), larger ones keep
+    the handshake, and a default-configured ttnet receiver takes both."""
+    from ttnet.engine import EngineConfig
+    inbox = Inbox()
+    pb, pa = udp_port(), udp_port()
+    with TTNetworkInterfaceUDP(port=pb, receiver_function=inbox) as b, \
+            TTNetworkInterfaceUDP(port=pa, config=EngineConfig(
+                fast_start=[("127.0.0.1", pb)])) as a:
+        payloads = [b"%03d" % i + os.urandom(60) for i in range(100)] + [os.urandom(5000)]
+        handles = [a.send(TTNetworkMessageUDP("127.0.0.1", pb, p), ensure=True)
+                   for p in payloads]
+        assert all(h.wait(10) and h.ok for h in handles)
+        got = inbox.wait_for(len(payloads))
+        assert sorted(m.payload for m in got) == sorted(payloads)
+        assert a.counters["fast_starts"] == 100 and a.counters["req_sent"] == 1
+        assert b.counters["fast_received"] >= 100 and b.counters["messages_delivered"] == 101

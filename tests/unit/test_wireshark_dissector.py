@@ -156,3 +156,16 @@ def test_the_docs_vectors(tmp_path):
     rows = dissect(tmp_path / "v.pcap")
     assert [(r["ttnet.type"], r["ttnet.crc"], r["ttnet.crc.status"]) for r in rows] == \
         [("0", "0x27cb1a8c", "1"), ("2", "0xf2786c14", "1")]
+
+
+def test_fast_start_packets_are_decoded(tmp_path):
+    from ttnet.wire import encode_fast
+    payload = message_bytes(2, 5, 64)                            # a testbed message
+    pcap = tmp_path / "fast.pcap"
+    write_pcap(pcap, [ipv4_udp(encode_fast(0xAB, payload)),
+                      ipv4_udp(encode_fast(0xAC, b""), sport=50000, dport=50001)])  # heuristic
+    fast, empty = dissect(pcap)
+    assert (fast["ttnet.type"], fast["ttnet.seq"], fast["ttnet.len"]) == ("3", "0", "64")
+    assert (fast["ttnet.tb.flow"], fast["ttnet.tb.msg"]) == ("2", "5")
+    assert fast["ttnet.crc.status"] == empty["ttnet.crc.status"] == "1"
+    assert (empty["ttnet.type"], empty["ttnet.len"]) == ("3", "0")

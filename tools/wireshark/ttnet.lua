@@ -6,6 +6,8 @@
 --   REQ  type(1)=0 message_id(8) message_type(2)=0 num_packets(4) crc(4)   19 B
 --   DATA type(1)=1 message_id(8) sequence_num(4)   data(<=1200)   crc(4)   17+n B
 --   ACK  type(1)=2 message_id(8) sequence_num(4)                  crc(4)   17 B
+--   FAST type(1)=3 message_id(8) sequence_num(4)=0 data(<=1200)   crc(4)   17+n B
+--        (ttnet's fast-start extension: REQ and the only DATA in one)
 --
 -- The CRC is CRC-32 with polynomial 0x04C11DB7, init 0, no reflection, no
 -- final XOR, over every byte before the trailer (ttnet/wire.py); this
@@ -37,7 +39,7 @@
 
 local ttnet = Proto("ttnet", "ttnet / TTPython UDP protocol")
 
-local TYPE_NAMES = { [0] = "REQ", [1] = "DATA", [2] = "ACK" }
+local TYPE_NAMES = { [0] = "REQ", [1] = "DATA", [2] = "ACK", [3] = "FAST" }
 local PORTS = { 8225, 8226 }
 local MAX_DATA = 1200
 local HEADER = 13      -- type + message id + sequence number (DATA, ACK)
@@ -114,7 +116,9 @@ end
 local function length_fits(kind, n)
     if kind == 0 then return n == REQ_SIZE end
     if kind == 2 then return n == ACK_SIZE end
-    if kind == 1 then return n >= HEADER + CRC_SIZE and n <= HEADER + MAX_DATA + CRC_SIZE end
+    if kind == 1 or kind == 3 then
+        return n >= HEADER + CRC_SIZE and n <= HEADER + MAX_DATA + CRC_SIZE
+    end
     return false
 end
 
@@ -146,13 +150,14 @@ local function dissect(tvb, pinfo, tree)
     else
         subtree:add_le(f.seq, tvb(9, 4))
         local seq = tvb(9, 4):le_uint()
-        if kind == 1 then
+        if kind == 1 or kind == 3 then
             local len = n - HEADER - CRC_SIZE
             subtree:add(f.len, len):set_generated()
             if len > 0 then
                 subtree:add(f.data, tvb(HEADER, len))
             end
-            info = string.format("DATA id=0x%s seq=%d len=%d", id:tohex(), seq, len)
+            info = string.format("%s id=0x%s seq=%d len=%d", TYPE_NAMES[kind], id:tohex(),
+                                 seq, len)
             -- A testbed message starts with b"TB" | flow u16 | message u32.
             if seq == 0 and len >= 8 and tvb(HEADER, 2):string() == "TB" then
                 local tb = subtree:add(tvb(HEADER, 8), "Testbed payload header")
