@@ -5,11 +5,20 @@ peers' replies come back to it), one I/O thread (a selector over the socket
 and a wake-up pipe, plus the engine's timer), and one dispatcher thread that
 runs user callbacks so a slow receiver function never stalls the network.
 
+The engine is guarded by one lock, which the I/O thread holds except while
+it waits in select. :meth:`send` takes it only if it is free at that
+instant (a non-blocking try) and the I/O thread has nothing waiting to be
+written: it then runs the commands queued before it, hands its message to
+the engine and writes what the engine has to send in the caller's own
+thread, so the first datagram leaves without a thread hand-off; it wakes
+the I/O thread only if that must now act sooner than it planned (a timer,
+an event, a full socket). Otherwise, as before, the message is queued for
+the I/O thread and the thread woken through the pipe. No thread ever polls.
+
 Must never: run protocol logic (that is :mod:`ttnet.engine`), touch the
-engine from any thread but the I/O thread (callers' requests travel as
-commands through a queue), start a thread per message, let an exception
-from the network or a callback escape a thread, or block a caller of
-:meth:`send` (it returns at once).
+engine without holding its lock, start a thread per message, let an
+exception from the network or a callback escape a thread, or block a
+caller of :meth:`send` (it returns at once: it never waits for the lock).
 
 Callbacks: the contract of :mod:`ttnet.driver` (``receiver_function(msg)``
 with a :class:`TTReceivedMessage`, ``after(message)``,
@@ -120,6 +129,18 @@ class TTNetworkInterfaceUDP(DriverShell):
         self._callbacks: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._closed = False
+        #: Held by whoever drives the engine: the I/O thread except while
+        #: it waits in select, or a caller of send() that found it free.
+        self._engine_lock = threading.Lock()
+        #: Written under the lock by the I/O thread before it waits: when it
+        #: will wake by itself (monotonic; inf: only for the socket or the
+        #: pipe) and whether it has no unwritten datagrams (then a caller
+        #: may send in its own thread).
+        self._idle_until = 0.0
+        self._can_inline = False
+        #: Datagrams a caller's inline send could not write (socket full):
+        #: the I/O thread writes them first.
+        self._spill: list[tuple[bytes, Any]] = []
         self._io = threading.Thread(target=self._io_loop, name=f"ttnet-io-{port}", daemon=True)
         self._dispatch = threading.Thread(target=self._dispatch_loop,
                                           name=f"ttnet-cb-{port}", daemon=True)
@@ -147,10 +168,47 @@ class TTNetworkInterfaceUDP(DriverShell):
             raise ValueError(f"message of {len(payload)} bytes exceeds max_message_size="
                              f"{cfg.max_message_size}")
         p = pending_send(message, after, on_failure)
-        self._commands.put((self._io_send, (message.get_address(), payload, ensure,
-                                            deadline_s, p)))
-        self._wake()
+        args = (message.get_address(), payload, ensure, deadline_s, p)
+        if not self._send_inline(args):
+            self._commands.put((self._io_send, args))
+            self._wake()
         return p.handle
+
+    def _send_inline(self, args: tuple[Any, ...]) -> bool:
+        """Send in the caller's thread if the engine is free right now (see
+        the module's docstring); False: the caller queues it instead."""
+        lock = self._engine_lock
+        if not lock.acquire(blocking=False):
+            return False
+        try:
+            if self._stop.is_set() or not self._can_inline:
+                return False
+            self._drain_commands()          # sends queued earlier go first
+            self._io_send(*args)
+            engine, sock = self.engine, self._sock
+            out: list[tuple[bytes, Any]] = engine.datagrams_to_send(time.monotonic(), _BATCH)
+            for i, (data, addr) in enumerate(out):
+                try:
+                    sock.sendto(data, addr)
+                except (BlockingIOError, InterruptedError):
+                    engine.counters["packets_sent"] += i
+                    self._spill = out[i:]
+                    self._can_inline = False
+                    self._wake()
+                    return True
+                except OSError as exc:
+                    if exc.errno not in (errno.ECONNREFUSED, errno.ENETUNREACH,
+                                         errno.EHOSTUNREACH):
+                        log.debug("sendto %s failed: %s", addr, exc)
+                    engine.counters["send_errors"] += 1
+            engine.counters["packets_sent"] += len(out)
+            nt = engine.next_timer()
+            if (len(out) == _BATCH or engine.has_events()
+                    or (nt is not None and nt < self._idle_until)):
+                self._wake()
+            return True
+        finally:
+            lock.release()
 
     def listen(self) -> None:
         """Kept for TTPython compatibility: the I/O thread listens from
@@ -274,14 +332,26 @@ class TTNetworkInterfaceUDP(DriverShell):
         engine = self.engine
         backlog: list[tuple[bytes, Any]] = []
         writing = False
+        lock = self._engine_lock
+        lock.acquire()
         try:
             while not self._stop.is_set():
+                if self._spill:
+                    backlog, self._spill = backlog + self._spill, []
                 now = time.monotonic()
                 nt = engine.next_timer()
                 timeout = None if nt is None else max(0.0, nt - now)
                 if backlog:
                     timeout = 0.0 if not writing else timeout
-                for key, _ in sel.select(timeout):
+                self._idle_until = float("inf") if timeout is None else now + timeout
+                self._can_inline = not backlog
+                lock.release()
+                try:
+                    ready = sel.select(timeout)
+                finally:
+                    lock.acquire()
+                    self._can_inline = False
+                for key, _ in ready:
                     if key.data == "wake":
                         try:
                             os.read(self._wake_r, 4096)
@@ -305,6 +375,8 @@ class TTNetworkInterfaceUDP(DriverShell):
                 self._dispatch_events()
             except Exception:
                 log.exception("failing pending sends on close")
+            finally:
+                lock.release()
 
     def _drain_commands(self) -> None:
         commands = self._commands
