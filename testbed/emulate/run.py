@@ -127,7 +127,8 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
     (run_dir / "topology.yaml").write_text(topology_to_yaml(topology))
     plan = {"run_id": run_id, "topology": topology.name, "ensembles": list(topology.ensembles),
             "port": AGENT_PORT, "flows": flows_plan(topology), "auth_key": topology.auth_key,
-            "engine": engine_overrides or {}, "seed": topology.seed,
+            "engine": {**topology.engine_settings(), **(engine_overrides or {})},
+            "seed": topology.seed,
             "duration_s": topology.duration_s, "program_port": PROGRAM_PORT,
             "apps": {n: {"path": c.app_path, "function": c.app_function}
                      for n, c in topology.apps.items()},

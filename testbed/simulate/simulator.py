@@ -175,6 +175,9 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
                      hop_latency_s=hop_latency_s, hop_noise_s=hop_noise_s,
                      cpu_limits=topology_cpu_limits(topology) if cpu_limits else None)
     flows = flows_plan(topology)
+    # one EngineConfig for every host: the topology's settings (as the
+    # agents get them), then the caller's overrides (power tests' mutations)
+    engine_config = EngineConfig(**{**topology.engine_settings(), **(engine_overrides or {})})
     events: list[dict] = []
     ifaces = {}
     apps: dict[str, SimApp] = {}
@@ -202,7 +205,7 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
             events.append(Deliver(ref, size=len(msg.payload),
                                   t=env.now, intact=intact).record())
         ifaces[name] = TTNetworkInterfaceSim(env, net, name, receiver_function=on_receive,
-                                             config=EngineConfig(**(engine_overrides or {})))
+                                             config=engine_config)
 
     restarted_at: dict[str, float] = {}
 

@@ -174,12 +174,21 @@ class Topology:
     duration_s: float | None = None
     #: Write one pcap per ensemble into the run directory (``capture:``).
     capture: bool = False
+    #: Every ensemble's ttnet sends one-packet ensure=True messages with
+    #: fast start (``fast_start:``; EngineConfig.fast_start), emulated and
+    #: simulated alike.
+    fast_start: bool = False
     #: The fault timeline (``events:``), sorted by time (file order on ties).
     events: tuple[Event, ...] = ()
     #: The directory holding the topology file: ``run`` commands start
     #: there and ``app`` paths are relative to it. Not part of the model's
     #: identity (two equal files in two places are the same experiment).
     base_dir: str | None = field(default=None, compare=False)
+
+    def engine_settings(self) -> dict:
+        """The ``EngineConfig`` keywords this topology sets for every
+        ensemble's engine (the agents' and the simulated hosts')."""
+        return {"fast_start": True} if self.fast_start else {}
 
     def settings_of(self, name: str) -> EnsembleSettings:
         return self.settings.get(name, EnsembleSettings())

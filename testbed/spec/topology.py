@@ -177,6 +177,10 @@ TOP_FIELDS: dict[str, Field] = {f.key: f for f in (
           "required when an ensemble has run: or app:", positive=True),
     Field("capture", "boolean", "write one pcap per ensemble into the run directory "
           "(capture/<ensemble>.pcap; docs/capture.md)", default=False),
+    Field("fast_start", "boolean", "ttnet's fast start on every ensemble: ensure=True "
+          "messages of up to 1200 bytes go as one datagram, delivered after one "
+          "one-way trip instead of three (ttnet peers only; docs/wire-format.md)",
+          default=False),
     Field("defaults", "link", "every link not listed in links (all zero if absent)"),
     Field("links", "links", "per-pair overrides laid over defaults: "
           "'a->b' one direction, 'a<->b' both"),
@@ -956,7 +960,9 @@ class _Reader:
                             flows=self.flows(doc, ensembles, top, programs=bool(running)),
                             seed=seed, auth_key=auth_key, description=description,
                             settings=settings, duration_s=duration, base_dir=self.base_dir,
-                            capture=self.scalar(TOP_FIELDS, doc, "capture", "capture"))
+                            capture=self.scalar(TOP_FIELDS, doc, "capture", "capture"),
+                            fast_start=self.scalar(TOP_FIELDS, doc, "fast_start",
+                                                   "fast_start"))
         if "events" in doc:
             topology = replace(topology, events=self.events(doc, ensembles))
             self.late_events(topology)
@@ -1121,6 +1127,8 @@ def topology_to_yaml(topology: Topology) -> str:
         doc["duration"] = format_duration(topology.duration_s)
     if topology.capture:
         doc["capture"] = True
+    if topology.fast_start:
+        doc["fast_start"] = True
     doc["defaults"] = _link_yaml(topology.default_link, LinkSpec())
     links: dict[str, Any] = {}
     done: set[tuple[str, str]] = set()

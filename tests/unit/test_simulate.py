@@ -45,6 +45,23 @@ def test_lossless_latency_is_one_and_a_half_round_trips_plus_serialisation():
     assert fs.p50 == pytest.approx(3 * d + tx(19) + tx(17) + tx(1017), rel=1e-9)
 
 
+def test_fast_start_topology_is_one_way_plus_serialisation_and_still_exactly_once():
+    rate, d = 1e6, 0.02
+    flows = (Flow("t", "a", "b", sizes=(1000,), count=5, interval_s=0.5, ensure=True),
+             Flow("big", "b", "a", sizes=(3000,), count=5, interval_s=0.5, ensure=True))
+    topo = Topology("fast", ("a", "b"), LinkSpec(delay_s=d, rate_bps=rate), flows=flows,
+                    fast_start=True)
+    stats = flow_stats(simulate_events(topo)[0])
+    tx = lambda n: (n + 42) * 8 / rate                       # noqa: E731
+    assert stats["t"].p50 == pytest.approx(d + tx(1017), rel=1e-9)     # one FAST datagram
+    assert stats["big"].p50 > 3 * d                          # 3 packets: the handshake
+    lossy = Topology("fast", ("a", "b"), LinkSpec(delay_s=d, loss=0.3), seed=3,
+                     flows=(Flow("t", "a", "b", sizes=(64,), count=300, interval_s=0.01,
+                                 ensure=True, deadline_s=30.0),), fast_start=True)
+    fs = flow_stats(simulate_events(lossy)[0])["t"]
+    assert fs.delivered == 300 and fs.duplicates == 0
+
+
 def test_run_simulation_writes_schema_and_metadata(tmp_path):
     topo = load_topology(TOPO_DIR / "pair.yaml")
     out = run_simulation(topo, out_dir=tmp_path / "sim", replications=2,
