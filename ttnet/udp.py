@@ -185,23 +185,14 @@ class TTNetworkInterfaceUDP(DriverShell):
                 return False
             self._drain_commands()          # sends queued earlier go first
             self._io_send(*args)
-            engine, sock = self.engine, self._sock
+            engine = self.engine
             out: list[tuple[bytes, Any]] = engine.datagrams_to_send(time.monotonic(), _BATCH)
-            for i, (data, addr) in enumerate(out):
-                try:
-                    sock.sendto(data, addr)
-                except (BlockingIOError, InterruptedError):
-                    engine.counters["packets_sent"] += i
-                    self._spill = out[i:]
-                    self._can_inline = False
-                    self._wake()
-                    return True
-                except OSError as exc:
-                    if exc.errno not in (errno.ECONNREFUSED, errno.ENETUNREACH,
-                                         errno.EHOSTUNREACH):
-                        log.debug("sendto %s failed: %s", addr, exc)
-                    engine.counters["send_errors"] += 1
-            engine.counters["packets_sent"] += len(out)
+            unsent = self._write(out)
+            if unsent:
+                self._spill = unsent
+                self._can_inline = False
+                self._wake()
+                return True
             nt = engine.next_timer()
             if (len(out) == _BATCH or engine.has_events()
                     or (nt is not None and nt < self._idle_until)):
@@ -416,26 +407,35 @@ class TTNetworkInterfaceUDP(DriverShell):
                 continue
             engine.datagram_received(data, addr, time.monotonic())
 
+    def _write(self, datagrams: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
+        """Write datagrams until the socket would block; returns the ones
+        not written (empty when all went). A refused or unreachable
+        destination is counted, never raised. Engine lock held."""
+        sock, counters = self._sock, self.engine.counters
+        for i, (data, addr) in enumerate(datagrams):
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                counters["packets_sent"] += i
+                return datagrams[i:]
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNREFUSED, errno.ENETUNREACH,
+                                     errno.EHOSTUNREACH):
+                    log.debug("sendto %s failed: %s", addr, exc)
+                counters["send_errors"] += 1
+        counters["packets_sent"] += len(datagrams)
+        return []
+
     def _transmit(self, backlog: list[tuple[bytes, Any]]) -> list[tuple[bytes, Any]]:
-        sock, engine = self._sock, self.engine
+        engine = self.engine
         for _ in range(64):
             if not backlog:
                 backlog = engine.datagrams_to_send(time.monotonic(), _BATCH)
                 if not backlog:
                     return backlog
-            for i, (data, addr) in enumerate(backlog):
-                try:
-                    sock.sendto(data, addr)
-                except (BlockingIOError, InterruptedError):
-                    engine.counters["packets_sent"] += i
-                    return backlog[i:]
-                except OSError as exc:
-                    if exc.errno not in (errno.ECONNREFUSED, errno.ENETUNREACH,
-                                         errno.EHOSTUNREACH):
-                        log.debug("sendto %s failed: %s", addr, exc)
-                    engine.counters["send_errors"] += 1
-            engine.counters["packets_sent"] += len(backlog)
-            backlog = []
+            backlog = self._write(backlog)
+            if backlog:
+                return backlog
             # Let incoming ACKs in between bursts: they open the window.
             self._receive()
             self._dispatch_events()
