@@ -177,6 +177,7 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
             pcaps.start(hs)      # listening before any agent sends
         meta["impair_s"] = round(time.monotonic() - t, 3)
 
+    daemon_start = None
     try:
         say(f"[{topology.name}] up: {len(topology.ensembles)} ensembles on {backend.name}")
         t0 = time.monotonic()
@@ -193,6 +194,8 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
             "start_at": start_at, "end_at": end_at})
         say(f"[{topology.name}] running flows (at most {end_at - time.time():.0f}s)")
         meta["start_at"] = start_at
+        # The daemon's own CPU from here on is what impairing the flows cost
+        daemon_start = impair.stats().get("daemon")
         if topology.events:
             from testbed.emulate.timeline import TimelineRunner
             timeline = TimelineRunner(topology, hosts, impair, backend, start_at, end_at,
@@ -210,6 +213,8 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
             timeline.stop()
             meta["events_applied"] = timeline.applied
         meta["impair_stats"] = impair.stats()
+        if daemon_start and "daemon" in meta["impair_stats"]:
+            meta["impair_stats"]["daemon_at_start"] = daemon_start
     finally:
         if timeline is not None:       # also on failure: no event after teardown
             timeline.stop()
@@ -221,14 +226,23 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
                 (run_dir / "logs" / f"{name}.log").write_text(backend.logs(name))
             except Exception:
                 log.debug("no logs for %s", name, exc_info=True)
-        impair.close()
         t1 = time.monotonic()
-        backend.down()
+        down_error = None
+        for step in (impair.close, backend.down):     # each gets its chance
+            try:
+                step()
+            except Exception as exc:
+                # the run's results are on disk: record them before reporting
+                # that teardown was incomplete (`testbed down --all` retries it)
+                down_error = down_error or exc
+                meta.setdefault("down_errors", []).append(f"{type(exc).__name__}: {exc}")
         meta["down_s"] = round(time.monotonic() - t1, 3)
         meta["counters"] = _read_counters(run_dir, topology)
         meta["outcomes"] = _read_outcomes(run_dir, topology)
         meta["finished"] = time.time()
         write_json_atomic(run_dir / "meta.json", meta)
+        if down_error is not None:
+            raise down_error
         say(f"[{topology.name}] down in {meta['down_s']:.1f}s")
     return RunResult(run_dir, meta)
 

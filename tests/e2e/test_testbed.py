@@ -47,6 +47,13 @@ def test_ensure_messages_arrive_exactly_once_intact_under_loss(tmp_path, loss):
     if loss >= 0.05:
         c = res.meta["counters"]["a"]
         assert c["data_retransmitted"] > 0 and res.meta["impair_stats"]
+    if res.meta["impairment_engine"] == "nfqueue":
+        # the daemon's own CPU over the flows, which calibration turns into
+        # the simulator's emulator cost: a few to a few hundred us per packet
+        from testbed.pipelines.calibrate import emulator_cost
+        daemon = res.meta["impair_stats"]["daemon"]
+        assert daemon["packets"] >= sum(v["seen"] for v in res.meta["impair_stats"]["links"].values())
+        assert 1e-6 < emulator_cost(res.meta) < 1e-3
 
 
 @pytest.mark.timeout(240)
@@ -163,3 +170,30 @@ def test_topology_auth_key_authenticates_every_message(tmp_path):
     _assert_exactly_once(stats["signed"])
     receiver = res.meta["counters"]["b"]
     assert receiver["auth_ok"] == 10 and receiver.get("auth_bad_mac", 0) == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_teardown_still_writes_the_runs_metadata(tmp_path, monkeypatch):
+    """The engine refusing a teardown step (as Docker's "network has active
+    endpoints" does now and then) must not lose the run: meta.json is written
+    with the error and the counters, then the error is raised."""
+    import json
+
+    from testbed.emulate.backends.netns import NetnsBackend
+    real_down = NetnsBackend.down
+
+    def down_then_fail(self):
+        real_down(self)                   # clean up for real, then complain
+        raise RuntimeError("network has active endpoints")
+
+    monkeypatch.setattr(NetnsBackend, "down", down_then_fail)
+    flow = Flow("f", "a", "b", sizes=(100,), count=5, interval_s=0.02, ensure=True,
+                deadline_s=10)
+    with pytest.raises(RuntimeError, match="active endpoints"):
+        run_emulation(_topo("downfail", LinkSpec(delay_s=0.002), [flow]), "netns",
+                      results_root=tmp_path)
+    (run_dir,) = (tmp_path / "downfail").iterdir()
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["down_errors"] == ["RuntimeError: network has active endpoints"]
+    assert meta["counters"]["a"]["packets_sent"] > 0 and meta["outcomes"]
+    assert flow_stats(load_events(run_dir))["f"].delivered == 5
