@@ -305,6 +305,9 @@ def cmd_simulate(args) -> int:
             f"({meta['speedup_span']}x real time) -> {out}")
         say(f"[{name}] host model: {host['source']} ({host['host_cost_s'] * 1e6:.1f} us CPU "
             f"and {host['hop_latency_s'] * 1e6:.0f} us latency per datagram hop"
+            + (f", {host['emulator_cost_s'] * 1e6:.1f} us emulator CPU per packet"
+               if host.get("emulator_cost_s") else "")
+            + (f", {host['cores']} shared cores" if host.get("cores") else "")
             + (", calibrate with `calibrate`" if host["source"] == "default" else "") + ")")
         if any(s.cpus is not None for s in topo.limits.values()):
             say(f"[{name}] cpus: " + (", ".join(f"{e} {c:g}" for e, c in meta["cpu_limits"].items())
@@ -410,11 +413,14 @@ def cmd_calibrate(args) -> int:
     from testbed.pipelines.calibrate import calibrate
     from testbed.simulate.host import calibration_name
     info = calibrate(args.backend, Path(args.results), progress=say)
-    say(f"host cost {info['host_cost_s'] * 1e6:.1f} us CPU/datagram; hop latency "
-        f"{info['hop_latency_s'] * 1e6:.0f} us "
-        f"(emulated bulk median {info['measured_bulk_median_s'] * 1000:.2f} ms); emulator "
-        f"capacity {info['capacity_pps']:.0f} datagrams/s -> "
-        f"{Path(args.results) / calibration_name(info['backend'])}")
+    emu = info.get("emulator_cost_s")
+    say(f"host cost {info['host_cost_s'] * 1e6:.1f} us CPU/datagram ({info['host_cost_method']}); "
+        f"hop latency {info['hop_latency_s'] * 1e6:.0f} us; "
+        + (f"emulator {emu * 1e6:.1f} us CPU/packet (capacity {1 / emu:.0f} packets/s); "
+           if emu else "no emulator daemon; ")
+        + f"{info['cores']} cores -> {Path(args.results) / calibration_name(info['backend'])}")
+    say(f"bulk median: emulated {info['measured_bulk_median_s'] * 1000:.2f} ms, "
+        f"model {info['model_bulk_median_s'] * 1000:.2f} ms")
     measured = info.get("measured_cpu_per_datagram_s") or {}
     if measured:
         say("agent process CPU per datagram sent or received (measured directly): "

@@ -37,6 +37,7 @@ socket driver :mod:`ttnet.udp`.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 import zlib
@@ -200,6 +201,10 @@ class _LinkState:
     noise_until: float = float("-inf")
 
 
+#: Reservations per core searched for a gap; beyond it a job queues at the end.
+MAX_GAP_SCAN = 32
+
+
 class SimNetwork:
     """Directed links between named simulated hosts."""
 
@@ -210,7 +215,9 @@ class SimNetwork:
                  noise_hold_s: float = 0.001,
                  host_costs: "dict[Hashable, float] | None" = None,
                  cpu_limits: "dict[Hashable, float] | None" = None,
-                 cpu_period_s: float = CPU_PERIOD_S) -> None:
+                 cpu_period_s: float = CPU_PERIOD_S,
+                 emulator_cost_s: float = 0.0,
+                 cores: int | None = None) -> None:
         self.sim = sim
         self._call_in = _scheduler(sim)
         self.default = default or LinkParams()
@@ -242,6 +249,24 @@ class SimNetwork:
         #: this long of a draw share it (a burst meets one stall, as on a
         #: real host, not one per datagram).
         self.noise_hold_s = noise_hold_s
+        #: The emulator as one server shared by every impaired link: each
+        #: datagram put on a link with delay, jitter, loss, duplication or
+        #: corruption first waits its turn for ``emulator_cost_s`` of it (as
+        #: the testbed's NFQUEUE daemon, one process, handles each packet
+        #: in turn before it can delay or drop it). 0: no such server.
+        if not emulator_cost_s >= 0:
+            raise ValueError(f"emulator_cost_s must be >= 0, got {emulator_cost_s!r}")
+        self.emulator_cost_s = emulator_cost_s
+        self._emulator_free = 0.0
+        #: The machine the hosts share: with ``cores``, every CPU job (a
+        #: host's per-datagram cost, the emulator's per-packet cost) also
+        #: needs one of that many cores, taken in the order jobs are
+        #: computed (the earliest free core). None: every host has a CPU of
+        #: its own.
+        if cores is not None and not (isinstance(cores, int) and cores >= 1):
+            raise ValueError(f"cores must be a positive int or None, got {cores!r}")
+        self._cores: list[list[tuple[float, float]]] | None = (
+            [[] for _ in range(cores)] if cores else None)
         self.hosts: dict[Hashable, "TTNetworkInterfaceSim"] = {}
         self.dropped = 0
         self.duplicated = 0
@@ -283,6 +308,8 @@ class SimNetwork:
         whose quota is fresh (unused quota is not carried over). A quota
         of a core or more never binds a host that runs one datagram at a
         time."""
+        if self._cores is not None:
+            start = self._take_core(start, cost)
         cpus = self.cpu_limits.get(name)
         if cpus is None or cpus >= 1:
             return start + cost
@@ -307,6 +334,42 @@ class SimNetwork:
             t = end
             state[0], state[1] = state[0] + 1, 0.0
 
+    def _take_core(self, start: float, cost: float) -> float:
+        """When a job ready at ``start`` gets a core: the earliest gap of
+        ``cost`` on any core at or after ``start`` (jobs are reserved as
+        they are computed, some ahead of others that come earlier in time:
+        gaps left between reservations are filled, not lost)."""
+        now = self.sim.now
+        best_t, best = float("inf"), None
+        for busy in self._cores:
+            if busy and busy[0][1] <= now:      # forget jobs already done
+                k = 1
+                while k < len(busy) and busy[k][1] <= now:
+                    k += 1
+                del busy[:k]
+            if not busy or start >= busy[-1][1]:
+                t = start                       # after every reservation: no scan
+            elif len(busy) > MAX_GAP_SCAN:
+                # an overloaded machine's backlog: queue at its end rather
+                # than search it (bounded work per job)
+                t = busy[-1][1]
+            else:
+                t = start
+                for b0, b1 in busy:
+                    if t + cost <= b0:
+                        break
+                    if b1 > t:
+                        t = b1
+            if t < best_t:
+                best_t, best = t, busy
+                if t == start:
+                    break                       # no core can do better
+        if not best or best_t >= best[-1][0]:
+            best.append((best_t, best_t + cost))
+        else:
+            bisect.insort(best, (best_t, best_t + cost))
+        return best_t
+
     def attach(self, name: Hashable, iface: "TTNetworkInterfaceSim") -> None:
         if name in self.hosts:
             raise ValueError(f"a host named {name!r} is already attached")
@@ -320,6 +383,12 @@ class SimNetwork:
             return
         st = self.link(src, dst)
         p, rng = st.params, self.rng
+        if self.emulator_cost_s and (p.delay_s or p.jitter_s or p.loss
+                                     or p.duplicate or p.corrupt):
+            at = max(at, self._emulator_free)
+            if self._cores is not None:
+                at = self._take_core(at, self.emulator_cost_s)
+            at = self._emulator_free = at + self.emulator_cost_s
         if p.loss and rng.random() < p.loss:
             self.dropped += 1
             return

@@ -23,8 +23,10 @@ Files in the results directory (all written by the host unless noted):
   ready-<name>         agent: socket bound, waiting for go   (agent)
   events-<name>.jsonl  agent: send/deliver/complete/fail events (agent)
   done-<name>          agent: own flows all resolved          (agent)
-  counters-<name>.json agent: ttnet counters at exit, and the
-                       agent's process_cpu_s                  (agent)
+  counters-<name>.json agent: ttnet counters at exit, the
+                       agent's process_cpu_s, and its CPU time and
+                       packets when the flows began (the run's own
+                       CPU cost per datagram)                  (agent)
   outcome-<name>.json  agent: what became of its own messages (agent)
   apps/                the app files the plan names (copied by the host)
   <name>/              the program's TTNET_RUN_DIR                  (program)
@@ -221,6 +223,15 @@ class Outcome:
                         problems=list(self.problems),
                         problems_listed_max=MAX_LISTED)
 
+
+def _cpu_s() -> float:
+    """This process's CPU time so far (user + system, every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _packets(counters: dict) -> int:
+    return counters.get("packets_sent", 0) + counters.get("packets_received", 0)
 
 def _wait_for(path: Path, deadline: float) -> bool:
     while time.time() < deadline:
@@ -459,6 +470,9 @@ def run(name: str, results: Path) -> int:
                 ip, p = addr.split(":")
                 routes_by_addr[(ip, int(p))] = peer
         start_at, end_at = float(go["start_at"]), float(go["end_at"])
+        # CPU spent before the flows (interpreter start-up, imports, the
+        # socket) is not the cost of the traffic: counted from here on.
+        cpu_at_go, packets_at_go = _cpu_s(), _packets(net.counters)
         mine = [(fi, f) for fi, f in enumerate(flows) if f["src"] == name]
         outcome = Outcome()
         if main_fn is not None:
@@ -496,9 +510,9 @@ def run(name: str, results: Path) -> int:
         time.sleep(LINGER_S)
         # The process's CPU time (user + system, every thread) next to the
         # engine's packet counts: calibrate divides one by the other.
-        usage = resource.getrusage(resource.RUSAGE_SELF)
         write_json_atomic(results / f"counters-{name}.json",
-                          {**net.counters, "process_cpu_s": usage.ru_utime + usage.ru_stime})
+                          {**net.counters, "process_cpu_s": _cpu_s(),
+                           "process_cpu_at_go_s": cpu_at_go, "packets_at_go": packets_at_go})
         summary = outcome.summary(name)
         if restart:
             summary["restart"] = {"incarnation": restart.get("incarnation"), "at": restart_at,

@@ -5,19 +5,24 @@ link model -- ttnet's Python engine, threads and socket calls on each side
 and, on kernels without netem, the NFQUEUE verdict daemon -- and storing it
 in ``results/calibration.json`` as a :class:`testbed.simulate.simulator.HostModel`.
 
-Three parts: ``host_cost_s``, CPU time per datagram on each host
-(serialised: it limits bulk transfers); ``hop_latency_s``, the median extra
-latency per datagram that occupies no CPU; ``hop_noise_s``, the spread
+Measured directly: ``host_cost_s``, each agent's process CPU time per
+datagram sent or received (serialised per host: it limits bulk transfers);
+``emulator_cost_s``, the NFQUEUE daemon's CPU time per packet (one process
+serving every impaired packet in turn); ``cores``, the machine's cores that
+all of that CPU work shares. Fitted: ``hop_latency_s``, the median extra
+latency per datagram that occupies no CPU, and ``hop_noise_s``, the spread
 around it, a distribution (quantiles), so simulated tails come from the
 host as measured, not from a constant. Method: emulate two ensembles on a
 1 ms lossless link (LAN-class: there the host, not the link, limits a
 bulk transfer), first small messages alone (nothing else competing), then
-a bulk flow (1 MB messages, long enough to be CPU-bound). A small message crosses three hops
-(REQ, ACK_START, DATA): its latency minus the link delays, centred on its
-median and scaled by 1/sqrt(3), gives per-hop deviations whose sum over
-three hops has the measured variance; the median fixes the hop latency
-(linear: solved directly) and the bulk median the CPU cost (bisection:
-latency grows monotonically with it), alternating a few times.
+a bulk flow (1 MB messages, long enough to be CPU-bound). A small message
+crosses three hops (REQ, ACK_START, DATA): its latency minus the link
+delays, centred on its median and scaled by 1/sqrt(3), gives per-hop
+deviations whose sum over three hops has the measured variance; the median
+fixes the hop latency (linear: solved directly). The bulk flow is then
+simulated with the finished model as its check (nothing was fitted to it).
+Without the agents' CPU times the CPU cost is fitted by bisection on the
+bulk median instead (ill-determined; the old method).
 Recalibrate with ``python -m testbed calibrate`` after changing the
 machine, the kernel or ttnet's engine.
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -124,27 +130,55 @@ def fit_hop_latency(topology: Topology, target_s: float, host: HostModel) -> flo
     return max(0.0, host.hop_latency_s + (target_s - now) / 3)
 
 
-def fit(topology: Topology, events: list[dict]) -> HostModel:
-    """The host model that reproduces an emulated calibration run."""
+def fit(topology: Topology, events: list[dict], emulator_cost_s: float = 0.0,
+        host_cost_s: float | None = None, cores: int | None = None) -> HostModel:
+    """The host model that reproduces an emulated calibration run whose
+    impairment emulator was measured to cost ``emulator_cost_s`` per packet
+    on a machine of ``cores`` cores. With ``host_cost_s`` (the agents' CPU
+    per datagram, measured) only the hop latency is fitted; without it the
+    CPU cost is fitted too, by bisection on the bulk median (ill-determined:
+    near the measured latency the model hardly depends on it)."""
     small = _latencies(events, "small")
     emu_bulk, emu_small = _median_latency(events, "bulk"), statistics.median(small)
-    host = HostModel(0.0, 0.0, hop_noise(small), "calibrated")
+    host = HostModel(host_cost_s or 0.0, 0.0, hop_noise(small), "calibrated",
+                     emulator_cost_s=emulator_cost_s, cores=cores)
+    if host_cost_s is not None:
+        for _ in range(2):      # linear in the hop latency; twice for the FIFO's nonlinearity
+            host = _with(host, hop_latency_s=fit_hop_latency(topology, emu_small, host))
+        return host
     for _ in range(3):          # the parameters interact a little; iterate
         host = _with(host, hop_latency_s=fit_hop_latency(topology, emu_small, host))
         host = _with(host, host_cost_s=fit_host_cost(topology, emu_bulk, host))
     return host
 
 
+def emulator_cost(meta: dict) -> float | None:
+    """CPU per packet of the run's NFQUEUE daemon while the flows ran: its
+    process CPU time over the packets it was handed, between the snapshot
+    taken at the start of the flows and the one at their end (``meta.json``'s
+    ``impair_stats``). None without a daemon (netem) or without both
+    snapshots (runs recorded before they were taken)."""
+    stats = meta.get("impair_stats") or {}
+    end, start = stats.get("daemon"), stats.get("daemon_at_start")
+    if not end or not start:
+        return None
+    packets = end["packets"] - start["packets"]
+    return (end["cpu_s"] - start["cpu_s"]) / packets if packets > 0 else None
+
+
 def cpu_per_datagram(counters: dict[str, dict]) -> dict[str, float]:
     """Per ensemble: the agent's process CPU time (user + system, all its
     threads: engine, socket calls, callbacks) divided by the datagrams it
-    sent and received, from its ``counters-<name>.json``. Ensembles whose
-    counters lack either part are left out."""
+    sent and received, from its ``counters-<name>.json``; counted from the
+    start of the flows where the agent recorded it (``process_cpu_at_go_s``,
+    ``packets_at_go``: the interpreter's start-up is not the traffic's cost).
+    Ensembles whose counters lack either part are left out."""
     out = {}
     for name, c in sorted(counters.items()):
-        n = c.get("packets_sent", 0) + c.get("packets_received", 0)
+        n = (c.get("packets_sent", 0) + c.get("packets_received", 0)
+             - c.get("packets_at_go", 0))
         if "process_cpu_s" in c and n > 0:
-            out[name] = c["process_cpu_s"] / n
+            out[name] = (c["process_cpu_s"] - c.get("process_cpu_at_go_s", 0.0)) / n
     return out
 
 
@@ -156,21 +190,35 @@ def calibrate(backend: str | None = None, results_root: Path = Path("results"),
     topo = calibration_topology()
     res = run_emulation(topo, backend, results_root=results_root, progress=progress)
     events = load_events(res.run_dir)
-    host = fit(topo, events)
+    emu_cost = emulator_cost(res.meta)
+    cpu = cpu_per_datagram(res.meta.get("counters", {}))
+    measured = statistics.mean(cpu.values()) if len(cpu) == len(topo.ensembles) else None
+    cores = os.cpu_count()
+    host = fit(topo, events, emu_cost or 0.0, measured, cores)
     small = _latencies(events, "small")
     bulk_s = _median_latency(events, "bulk")
     datagrams = -(-topo.flows[0].sizes[0] // 1200)
-    cpu = cpu_per_datagram(res.meta.get("counters", {}))
     info = {"host_cost_s": host.host_cost_s, "hop_latency_s": host.hop_latency_s,
             "hop_noise_s": list(host.hop_noise_s), "source": "calibrated",
-            "measured_bulk_median_s": _median_latency(events, "bulk"),
+            # how host_cost_s was found: "measured" (the agents' CPU time per
+            # datagram) or "fitted" (bisection on the bulk median)
+            "host_cost_method": "measured" if measured is not None else "fitted",
+            # measured, not fitted: the NFQUEUE daemon's CPU per packet
+            # (None: no daemon, the kernel's netem impairs)
+            "emulator_cost_s": emu_cost,
+            # the most packets per second the emulator can impair (all links)
+            "emulator_capacity_pps": 1 / emu_cost if emu_cost else None,
+            "cores": cores,
+            "measured_bulk_median_s": bulk_s,
+            # the model's own check: the bulk flow simulated with it
+            "model_bulk_median_s": _sim_median(topo, "bulk", host),
             "measured_small_median_s": statistics.median(small),
             "measured_small_p95_s": percentile(small, 95),
             # DATA one way and an ACK for each the other, through the
             # impairment engine, while one CPU-bound transfer runs
             "capacity_pps": 2 * datagrams / bulk_s,
-            # Direct, for comparison with the fitted host_cost_s: each agent's
-            # process CPU time over the datagrams it sent and received.
+            # Each agent's process CPU time over the datagrams it sent and
+            # received (the measured host_cost_s is their mean).
             "measured_cpu_per_datagram_s": cpu,
             "bulk_size": topo.flows[0].sizes[0], "link_delay_s": topo.default_link.delay_s,
             "backend": res.meta.get("backend"), "impairment_engine": res.meta.get("impairment_engine"),

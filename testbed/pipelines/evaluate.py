@@ -127,7 +127,11 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
     notes = [f"emulated on {emu_meta.get('backend', '?')} with impairments via "
              f"{emu_meta.get('impairment_engine', '?')}; simulated with host model "
              f"{host.host_cost_s * 1e6:.1f} us CPU/datagram + {host.hop_latency_s * 1e6:.0f} us/hop"
-             f"{' (+ measured spread)' if host.hop_noise_s else ''} "
+             f"{' (+ measured spread)' if host.hop_noise_s else ''}"
+             + (f" + {host.emulator_cost_s * 1e6:.1f} us emulator CPU/packet"
+                if host.emulator_cost_s else "")
+             + (f" on {host.cores} shared cores" if host.cores else "")
+             + f" "
              f"({host.source}, calibration: {cal_source}), {sim_meta.get('replications', 1)} "
              f"replications, {sim_meta.get('speedup_span')}x faster than real time"]
     if cal_backend and cal_backend != emu_meta.get("backend"):
@@ -207,10 +211,15 @@ CAPACITY_WARN_SHARE = 0.5
 
 
 def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
-    """How hard the run drove the emulator, against the capacity measured
-    at calibration (datagrams/s through the impairment engine while one
-    CPU-bound bulk transfer ran)."""
-    links = (emu_meta.get("impair_stats") or {}).get("links") or {}
+    """How hard the run drove the emulator: packets through the impairment
+    engine against the capacity measured at calibration (the NFQUEUE
+    daemon's packets/s at its measured CPU per packet, or, for calibrations
+    made before that was measured, datagrams/s while one CPU-bound bulk
+    transfer ran), and how busy the daemon itself was during the flows (its
+    own CPU time over the run: one process, so at 100% it is the
+    bottleneck)."""
+    stats = emu_meta.get("impair_stats") or {}
+    links = stats.get("links") or {}
     run_s = emu_meta.get("run_s") or 0
     if not links or run_s <= 0:
         return []
@@ -218,13 +227,31 @@ def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
     busiest, seen = max(((k, v.get("seen", 0)) for k, v in links.items()), key=lambda kv: kv[1])
     text = (f"emulator load: {total:.0f} datagrams/s on average through the impairment engine "
             f"over the run, busiest link {busiest} at {seen / run_s:.0f}/s")
-    cap = (calibration or {}).get("capacity_pps")
-    if not cap:
-        return [text + " (no capacity measured: recalibrate)"]
-    text += f"; measured capacity {cap:.0f} datagrams/s ({total / cap * 100:.0f}% of it)"
-    if total > CAPACITY_WARN_SHARE * cap:
-        text += (". WARNING: above half the emulator's capacity, its own queueing shows in "
-                 "latencies; spread the flows or use a bigger machine")
+    cal = calibration or {}
+    cap = cal.get("emulator_capacity_pps") or cal.get("capacity_pps")
+    share = total / cap if cap else 0.0
+    if cap:
+        text += f"; measured capacity {cap:.0f} datagrams/s ({share * 100:.0f}% of it)"
+    else:
+        text += " (no capacity measured: recalibrate)"
+    end, start = stats.get("daemon"), stats.get("daemon_at_start")
+    busy = (end["cpu_s"] - start["cpu_s"]) / run_s if end and start else None
+    if busy is not None:
+        text += f"; the NFQUEUE daemon was busy {busy * 100:.0f}% of the run"
+    # the agents' CPU over the flows (from the start of the flows on)
+    agents = [c["process_cpu_s"] - c["process_cpu_at_go_s"]
+              for c in (emu_meta.get("counters") or {}).values() if "process_cpu_at_go_s" in c]
+    machine = None
+    if agents:
+        machine = (sum(agents) + (busy or 0.0) * run_s) / run_s
+        text += f"; agents and daemon used {machine:.2f} cores"
+        if cal.get("cores"):
+            text += f" of {cal['cores']}"
+    crowded = bool(machine and cal.get("cores")
+                   and machine > CAPACITY_WARN_SHARE * cal["cores"])
+    if max(share, busy or 0.0) > CAPACITY_WARN_SHARE or crowded:
+        text += (". WARNING: the emulator or the machine is more than half busy: their own "
+                 "queueing shows in latencies; spread the flows or use a bigger machine")
     return [text]
 
 

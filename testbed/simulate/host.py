@@ -46,11 +46,21 @@ class HostModel:
     source: str = "default"
     info: dict = field(default_factory=dict, compare=False, hash=False)
     cpu_limits: bool = True
+    #: CPU per packet of the impairment emulator (the NFQUEUE daemon: one
+    #: process serving every impaired packet of the host in turn), measured
+    #: from its own CPU time; 0 where there is none (netem)
+    emulator_cost_s: float = 0.0
+    #: Cores of the emulating machine, shared by every host's and the
+    #: emulator's CPU work (None: each host has a CPU of its own, the
+    #: model before the machine was calibrated for it)
+    cores: int | None = None
 
     def __post_init__(self) -> None:
-        if not (self.host_cost_s >= 0 and self.hop_latency_s >= 0):
-            raise ValueError(f"host model needs host_cost_s >= 0 and hop_latency_s >= 0, "
-                             f"got {self.host_cost_s!r}, {self.hop_latency_s!r}")
+        if not (self.host_cost_s >= 0 and self.hop_latency_s >= 0
+                and self.emulator_cost_s >= 0):
+            raise ValueError(f"host model needs host_cost_s, hop_latency_s and emulator_cost_s "
+                             f">= 0, got {self.host_cost_s!r}, {self.hop_latency_s!r}, "
+                             f"{self.emulator_cost_s!r}")
 
     @classmethod
     def from_calibration(cls, info: dict | None) -> "HostModel":
@@ -58,13 +68,18 @@ class HostModel:
             return cls()
         return cls(float(info["host_cost_s"]), float(info.get("hop_latency_s", 0.0)),
                    tuple(float(x) for x in info.get("hop_noise_s", ())),
-                   str(info.get("source", "calibrated")), dict(info))
+                   str(info.get("source", "calibrated")), dict(info),
+                   emulator_cost_s=float(info.get("emulator_cost_s") or 0.0),
+                   cores=int(info["cores"]) if info.get("cores") else None)
 
     def key(self) -> dict:
         """What identifies this model in a cached simulation."""
         return {"host_cost_s": self.host_cost_s, "hop_latency_s": self.hop_latency_s,
                 "hop_noise_s": list(self.hop_noise_s), "source": self.source,
-                "cpu_limits": self.cpu_limits}
+                "cpu_limits": self.cpu_limits, "emulator_cost_s": self.emulator_cost_s,
+                "cores": self.cores}
+
+
 
 
 def calibration_name(backend: str | None = None) -> str:

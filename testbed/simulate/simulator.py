@@ -94,7 +94,8 @@ def simulate_host(topology: Topology, host: HostModel, seed: int | None = None,
                   engine_overrides: dict | None = None) -> tuple[list[dict], dict]:
     """``simulate_events`` with a host model."""
     return simulate_events(topology, host.host_cost_s, seed, engine_overrides,
-                           host.hop_latency_s, host.hop_noise_s, cpu_limits=host.cpu_limits)
+                           host.hop_latency_s, host.hop_noise_s, cpu_limits=host.cpu_limits,
+                           emulator_cost_s=host.emulator_cost_s, cores=host.cores)
 
 
 def model_version() -> str:
@@ -158,10 +159,14 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
                     engine_overrides: dict | None = None,
                     hop_latency_s: float = 0.0,
                     hop_noise_s: tuple[float, ...] = (),
-                    cpu_limits: bool = True) -> tuple[list[dict], dict]:
+                    cpu_limits: bool = True,
+                    emulator_cost_s: float = 0.0,
+                    cores: int | None = None) -> tuple[list[dict], dict]:
     """Run the flows in simulated time; returns (events, counters per ensemble).
     ``cpu_limits``: throttle ensembles with ``cpus:`` as docker does (False:
-    as on netns, where the limits are not applied)."""
+    as on netns, where the limits are not applied); ``emulator_cost_s``:
+    the impairment emulator's CPU per packet, ``cores``: the emulating
+    machine's cores, shared by every host and the emulator (see ``SimNetwork``)."""
     import simpy
 
     from ttnet import (EngineConfig, SimNetwork, TTNetworkInterfaceSim,
@@ -173,7 +178,8 @@ def simulate_events(topology: Topology, host_cost_s: float = 0.0, seed: int | No
     seed = topology.seed if seed is None else seed
     net = SimNetwork(env, default, links, seed=seed, host_cost_s=host_cost_s,
                      hop_latency_s=hop_latency_s, hop_noise_s=hop_noise_s,
-                     cpu_limits=topology_cpu_limits(topology) if cpu_limits else None)
+                     cpu_limits=topology_cpu_limits(topology) if cpu_limits else None,
+                     emulator_cost_s=emulator_cost_s, cores=cores)
     flows = flows_plan(topology)
     # one EngineConfig for every host: the topology's settings (as the
     # agents get them), then the caller's overrides (power tests' mutations)
@@ -313,8 +319,8 @@ def run_simulation(topology: Topology, out_dir: Path | None = None,
     if host is None:
         host = HostModel.from_calibration(calibration or load_calibration(results_root))
     if host_cost_s is not None:
-        host = HostModel(host_cost_s, host.hop_latency_s, host.hop_noise_s,
-                         "argument", {"host_cost_s": host_cost_s}, host.cpu_limits)
+        host = replace(host, host_cost_s=host_cost_s, source="argument",
+                       info={"host_cost_s": host_cost_s})
     if cpu_limits is not None:
         host = replace(host, cpu_limits=cpu_limits)
     host_cost_s, hop_latency_s = host.host_cost_s, host.hop_latency_s

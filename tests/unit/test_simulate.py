@@ -125,3 +125,8 @@ def test_cpu_per_datagram_from_each_agents_counters():
                 "old": {"packets_sent": 5, "packets_received": 5},        # no CPU time
                 "idle": {"process_cpu_s": 0.1, "packets_sent": 0}}        # no datagrams
     assert cpu_per_datagram(counters) == {"c0": 0.001, "c1": 0.002}
+    # start-up before the flows is left out where the agent recorded it
+    counters["c0"].update(process_cpu_at_go_s=0.4, packets_at_go=400)
+    assert cpu_per_datagram(counters)["c0"] == pytest.approx(0.001)
+    counters["c0"].update(process_cpu_at_go_s=0.7)
+    assert cpu_per_datagram(counters)["c0"] == pytest.approx(0.0005)

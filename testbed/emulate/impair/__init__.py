@@ -385,8 +385,10 @@ class Impairments:
             alive = self._daemon.poll() is None
             out["daemon_alive"] = alive
             if alive:
-                self._last_stats = self._call({"op": "stats"})["links"]
-            out["links"] = self._last_stats
+                self._last_stats = self._call({"op": "stats"})
+            out["links"] = self._last_stats.get("links", {})
+            if "daemon" in self._last_stats:
+                out["daemon"] = self._last_stats["daemon"]
         return out
 
     def close(self) -> None:
@@ -430,6 +432,6 @@ class Impairments:
     def _call_on(self, proc: subprocess.Popen[bytes], cmd: dict) -> dict:
         saved, self._daemon = self._daemon, proc
         try:
-            return self._call(cmd)["links"]
+            return self._call(cmd)
         finally:
             self._daemon = saved

@@ -10,6 +10,12 @@ JSON line on stdout per command:
     {"op": "stats"}
     {"op": "stop"}
 
+``stats`` also reports the daemon's own cost: its process CPU time and the
+packets it was handed (``{"daemon": {"cpu_s": ..., "packets": ...}}``). One
+process serves every impaired packet of the run in turn, so CPU per packet
+is the emulator's service time and its inverse the most packets per second
+it can impair; the simulator models it (``emulator_cost_s``).
+
 ``set`` changes one link of a namespace already added, in place: packets
 already held keep their release time, the link keeps its RNG and counters,
 other links are untouched; a destination the namespace had no link to gets
@@ -155,6 +161,7 @@ class NamespaceQueue:
         self.fd = self.nfq.get_fd()
 
     def on_packet(self, pkt: Any) -> None:
+        self.daemon.packets += 1
         # A bad packet must never kill the daemon: on any error, let it pass.
         try:
             self._impair(pkt)
@@ -233,6 +240,8 @@ class Daemon:
         self.heap: list[tuple[float, int, Any, Any]] = []
         self.seq = 0
         self.running = True
+        #: packets handed to the daemon by every queue (its own cost's divisor)
+        self.packets = 0
 
     def schedule(self, deadline: float, fn: Any, arg: Any) -> None:
         self.seq += 1  # tie-breaker: equal deadlines keep arrival order
@@ -283,7 +292,8 @@ class Daemon:
         if op == "stats":
             return {"ok": True, "links": {
                 link.name: dict(link.counters)
-                for nq in self.queues.values() for link in nq.links.values()}}
+                for nq in self.queues.values() for link in nq.links.values()},
+                "daemon": {"cpu_s": time.process_time(), "packets": self.packets}}
         if op == "stop":
             self.running = False
             return {"ok": True}
