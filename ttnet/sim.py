@@ -16,10 +16,14 @@ Two modes:
   over UDP, run at once in the simulation's event loop.
 
 Model order per datagram, matching the emulator (NFQUEUE on the sender's
-OUTPUT hook, then the egress qdisc): host CPU -> loss -> delay (+ the
+OUTPUT hook, then the egress qdisc): host CPU -> the emulator (on an
+impaired link: one FIFO server per machine, ``emulator_cost_s`` per packet,
+as the NFQUEUE daemon is) -> loss -> delay (+ the
 host's per-hop latency, a calibrated distribution) + jitter
 (uniform in [-jitter, +jitter], clipped at 0; packets may reorder) -> rate
-FIFO (Ethernet+IP+UDP overhead counted) -> receiver host CPU.
+FIFO (Ethernet+IP+UDP overhead counted) -> receiver host CPU. With
+``cores``, every CPU step (hosts' and the emulator's) also takes one of the
+machine's cores, which the hosts share as on the emulating machine.
 
 Faults while a simulation runs (the testbed's fault timeline): a link's
 parameters change with :meth:`SimNetwork.set_link` (datagrams already in

@@ -80,8 +80,6 @@ class HostModel:
                 "cores": self.cores}
 
 
-
-
 def calibration_name(backend: str | None = None) -> str:
     """``calibration-<backend>.json`` (one per backend: what the emulator adds
     differs between containers and namespaces), or ``calibration.json``, the
