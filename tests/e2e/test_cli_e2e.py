@@ -160,6 +160,15 @@ def test_calibrate_writes_the_backends_calibration(tmp_path, clean):
     measured = info["measured_cpu_per_datagram_s"]
     assert set(measured) == {"c0", "c1"} and all(1e-6 < v < 1e-3 for v in measured.values())
     assert "process CPU per datagram" in out.stdout + out.stderr
+    # the model's CPU cost is that measurement, not a fit; the emulator's
+    # own cost is measured where a daemon impairs; the bulk flow is the check
+    assert info["host_cost_method"] == "measured"
+    assert info["host_cost_s"] == pytest.approx(sum(measured.values()) / 2)
+    assert info["cores"] >= 1 and info["model_bulk_median_s"] > 0
+    if info["impairment_engine"] == "nfqueue":
+        assert 1e-6 < info["emulator_cost_s"] < 1e-3
+        assert info["emulator_capacity_pps"] == pytest.approx(1 / info["emulator_cost_s"])
+        assert "emulator" in out.stdout + out.stderr and "bulk median: emulated" in out.stdout + out.stderr
     assert json.loads((tmp_path / "calibration.json").read_text()) == info
 
 
