@@ -506,11 +506,16 @@ class Engine:
         DATA packet (each copy is a complete request on its own, so the
         stall restart never applies)."""
         out.fast = True
-        out.started = True
-        out.started_at = out.heard_at = now
-        out.window.start(now=now)
+        out.heard_at = now
+        self._mark_started(out, now)
         self._sending[out.handle] = out
         self.counters["fast_starts"] += 1
+
+    def _mark_started(self, out: _Outgoing, now: float) -> None:
+        """The send's packets may go: by its ACK_START, or at once (fast start)."""
+        out.started = True
+        out.started_at = now
+        out.window.start(now=now)
         if self._tracer is not None:
             self._trace(TraceEvent(TraceKind.SEND_STARTED, now, out.address, out.message_id,
                                    None, out.num_packets, len(out.payload)))
@@ -679,16 +684,11 @@ class Engine:
             if seq != 0:
                 self._drop("ack_before_start", address, mid, now)
                 return
-            out.started = True
-            out.started_at = now
-            out.window.start(now=now)
+            self._mark_started(out, now)
             out.echo_budget = out.req_count - 1
             if out.req_count == 1:        # Karn: only an unambiguous sample
                 peer.rtt.sample(now - out.req_first_at)
             self.counters["handshakes"] += 1
-            if self._tracer is not None:
-                self._trace(TraceEvent(TraceKind.SEND_STARTED, now, address, mid, None,
-                                       out.num_packets, len(out.payload)))
             if out.num_packets == 0:
                 self._complete(out, now)
                 return
