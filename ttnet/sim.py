@@ -343,9 +343,11 @@ class SimNetwork:
         ``cost`` on any core at or after ``start`` (jobs are reserved as
         they are computed, some ahead of others that come earlier in time:
         gaps left between reservations are filled, not lost)."""
+        cores = self._cores
+        assert cores is not None, "_take_core needs cores"
         now = self.sim.now
-        best_t, best = float("inf"), None
-        for busy in self._cores:
+        best_t, best = float("inf"), cores[0]
+        for busy in cores:
             if busy and busy[0][1] <= now:      # forget jobs already done
                 k = 1
                 while k < len(busy) and busy[k][1] <= now:
