@@ -416,7 +416,8 @@ def cmd_calibrate(args) -> int:
     emu = info.get("emulator_cost_s")
     say(f"host cost {info['host_cost_s'] * 1e6:.1f} us CPU/datagram ({info['host_cost_method']}); "
         f"hop latency {info['hop_latency_s'] * 1e6:.0f} us; "
-        + (f"emulator {emu * 1e6:.1f} us CPU/packet (capacity {1 / emu:.0f} packets/s); "
+        + (f"emulator {emu * 1e6:.1f} us CPU/packet "
+           f"(capacity {info['emulator_capacity_pps']:.0f} packets/s); "
            if emu else "no emulator daemon; ")
         + f"{info['cores']} cores -> {Path(args.results) / calibration_name(info['backend'])}")
     say(f"bulk median: emulated {info['measured_bulk_median_s'] * 1000:.2f} ms, "

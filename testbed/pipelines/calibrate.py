@@ -152,18 +152,26 @@ def fit(topology: Topology, events: list[dict], emulator_cost_s: float = 0.0,
     return host
 
 
-def emulator_cost(meta: dict) -> float | None:
-    """CPU per packet of the run's NFQUEUE daemon while the flows ran: its
-    process CPU time over the packets it was handed, between the snapshot
-    taken at the start of the flows and the one at their end (``meta.json``'s
-    ``impair_stats``). None without a daemon (netem) or without both
-    snapshots (runs recorded before they were taken)."""
+def daemon_work(meta: dict) -> tuple[float, int] | None:
+    """(CPU seconds, packets) of the run's NFQUEUE daemon while the flows
+    ran: the difference between the snapshot taken at the start of the
+    flows and the one at their end (``meta.json``'s ``impair_stats``). None
+    without a daemon (netem) or without both snapshots (runs recorded
+    before they were taken)."""
     stats = meta.get("impair_stats") or {}
     end, start = stats.get("daemon"), stats.get("daemon_at_start")
     if not end or not start:
         return None
-    packets = end["packets"] - start["packets"]
-    return (end["cpu_s"] - start["cpu_s"]) / packets if packets > 0 else None
+    return end["cpu_s"] - start["cpu_s"], end["packets"] - start["packets"]
+
+
+def emulator_cost(meta: dict) -> float | None:
+    """CPU per packet of the run's NFQUEUE daemon while the flows ran
+    (:func:`daemon_work`); None where it handled no packet or was not measured."""
+    work = daemon_work(meta)
+    if work is None or work[1] <= 0:
+        return None
+    return work[0] / work[1]
 
 
 def cpu_per_datagram(counters: dict[str, dict]) -> dict[str, float]:

@@ -131,8 +131,7 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
              + (f" + {host.emulator_cost_s * 1e6:.1f} us emulator CPU/packet"
                 if host.emulator_cost_s else "")
              + (f" on {host.cores} shared cores" if host.cores else "")
-             + f" "
-             f"({host.source}, calibration: {cal_source}), {sim_meta.get('replications', 1)} "
+             + f" ({host.source}, calibration: {cal_source}), {sim_meta.get('replications', 1)} "
              f"replications, {sim_meta.get('speedup_span')}x faster than real time"]
     if cal_backend and cal_backend != emu_meta.get("backend"):
         notes.append(f"the calibration was measured on {cal_backend}, the run on "
@@ -218,8 +217,7 @@ def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
     transfer ran), and how busy the daemon itself was during the flows (its
     own CPU time over the run: one process, so at 100% it is the
     bottleneck)."""
-    stats = emu_meta.get("impair_stats") or {}
-    links = stats.get("links") or {}
+    links = (emu_meta.get("impair_stats") or {}).get("links") or {}
     run_s = emu_meta.get("run_s") or 0
     if not links or run_s <= 0:
         return []
@@ -234,8 +232,10 @@ def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
         text += f"; measured capacity {cap:.0f} datagrams/s ({share * 100:.0f}% of it)"
     else:
         text += " (no capacity measured: recalibrate)"
-    end, start = stats.get("daemon"), stats.get("daemon_at_start")
-    busy = (end["cpu_s"] - start["cpu_s"]) / run_s if end and start else None
+    from testbed.pipelines.calibrate import daemon_work
+    work = daemon_work(emu_meta)
+    daemon_cpu = work[0] if work is not None else 0.0
+    busy = daemon_cpu / run_s if work is not None else None
     if busy is not None:
         text += f"; the NFQUEUE daemon was busy {busy * 100:.0f}% of the run"
     # the agents' CPU over the flows (from the start of the flows on)
@@ -243,7 +243,7 @@ def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
               for c in (emu_meta.get("counters") or {}).values() if "process_cpu_at_go_s" in c]
     machine = None
     if agents:
-        machine = (sum(agents) + (busy or 0.0) * run_s) / run_s
+        machine = (sum(agents) + daemon_cpu) / run_s
         text += f"; agents and daemon used {machine:.2f} cores"
         if cal.get("cores"):
             text += f" of {cal['cores']}"
