@@ -19,7 +19,7 @@ deps:
 	@bash scripts/install-deps.sh
 
 test: deps venv lint
-	$(VPY) -m pytest tests -q
+	$(VPY) -m pytest tests -q --durations=25
 
 # The layering (import contracts), lint and ttnet's types; part of make test.
 lint: venv

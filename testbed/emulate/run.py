@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -76,6 +77,24 @@ class RunResult:
         outcome counts every ensure=True message it sources."""
         return sum(int(o.get("ensure_failures", 0))
                    for o in self.meta.get("outcomes", {}).values())
+
+
+def machine_cpu(stat: Path = Path("/proc/stat")) -> dict | None:
+    """This machine's CPU time so far, in seconds over all cores, from
+    /proc/stat's first line: ``busy`` (user, nice, system, irq, softirq),
+    ``steal`` (taken by the hypervisor), ``idle`` (idle and iowait), with a
+    monotonic timestamp ``t``. Two of them around the flows say how busy
+    the whole machine was, the run's own processes and everything else.
+    None where /proc/stat cannot be read (not Linux)."""
+    try:
+        fields = stat.read_text().splitlines()[0].split()
+        user, nice, system, idle, iowait, irq, softirq, steal = (
+            int(v) for v in fields[1:9])
+    except (OSError, IndexError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"t": time.monotonic(), "busy": (user + nice + system + irq + softirq) / hz,
+            "steal": steal / hz, "idle": (idle + iowait) / hz}
 
 
 def _versions() -> dict:
@@ -177,7 +196,7 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
             pcaps.start(hs)      # listening before any agent sends
         meta["impair_s"] = round(time.monotonic() - t, 3)
 
-    daemon_start = None
+    daemon_start = cpu_start = None
     try:
         say(f"[{topology.name}] up: {len(topology.ensembles)} ensembles on {backend.name}")
         t0 = time.monotonic()
@@ -196,6 +215,7 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
         meta["start_at"] = start_at
         # The daemon's own CPU from here on is what impairing the flows cost
         daemon_start = impair.stats().get("daemon")
+        cpu_start = machine_cpu()
         if topology.events:
             from testbed.emulate.timeline import TimelineRunner
             timeline = TimelineRunner(topology, hosts, impair, backend, start_at, end_at,
@@ -213,6 +233,10 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
             timeline.stop()
             meta["events_applied"] = timeline.applied
         meta["impair_stats"] = impair.stats()
+        cpu_end = machine_cpu()
+        if cpu_start and cpu_end:
+            meta["machine_cpu"] = {"at_start": cpu_start, "at_end": cpu_end,
+                                   "cores": os.cpu_count()}
         if daemon_start and "daemon" in meta["impair_stats"]:
             meta["impair_stats"]["daemon_at_start"] = daemon_start
     finally:

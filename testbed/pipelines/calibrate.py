@@ -174,20 +174,40 @@ def emulator_cost(meta: dict) -> float | None:
     return work[0] / work[1]
 
 
-def cpu_per_datagram(counters: dict[str, dict]) -> dict[str, float]:
-    """Per ensemble: the agent's process CPU time (user + system, all its
-    threads: engine, socket calls, callbacks) divided by the datagrams it
-    sent and received, from its ``counters-<name>.json``; counted from the
-    start of the flows where the agent recorded it (``process_cpu_at_go_s``,
-    ``packets_at_go``: the interpreter's start-up is not the traffic's cost).
-    Ensembles whose counters lack either part are left out."""
+def agents_work(counters: dict[str, dict]) -> dict[str, tuple[float, int]]:
+    """Per ensemble: (process CPU seconds, datagrams sent and received) of
+    its agent (all its threads: engine, socket calls, callbacks), from its
+    ``counters-<name>.json``; counted from the start of the flows where the
+    agent recorded it (``process_cpu_at_go_s``, ``packets_at_go``: the
+    interpreter's start-up is not the traffic's cost). Ensembles whose
+    counters lack the CPU time are left out."""
     out = {}
     for name, c in sorted(counters.items()):
-        n = (c.get("packets_sent", 0) + c.get("packets_received", 0)
-             - c.get("packets_at_go", 0))
-        if "process_cpu_s" in c and n > 0:
-            out[name] = (c["process_cpu_s"] - c.get("process_cpu_at_go_s", 0.0)) / n
+        if "process_cpu_s" in c:
+            n = (c.get("packets_sent", 0) + c.get("packets_received", 0)
+                 - c.get("packets_at_go", 0))
+            out[name] = (c["process_cpu_s"] - c.get("process_cpu_at_go_s", 0.0), n)
     return out
+
+
+def cpu_per_datagram(counters: dict[str, dict]) -> dict[str, float]:
+    """Per ensemble: the agent's CPU per datagram over the flows
+    (:func:`agents_work`); ensembles that handled no datagram are left out."""
+    return {name: cpu / n for name, (cpu, n) in agents_work(counters).items() if n > 0}
+
+
+def machine_work(meta: dict) -> dict | None:
+    """How busy this whole machine was while the flows ran (``meta.json``'s
+    ``machine_cpu`` snapshots of /proc/stat): ``wall_s``, ``busy_cores``
+    and ``steal_cores`` (CPU seconds per second of wall time) and ``cores``.
+    None for runs recorded without both snapshots."""
+    m = meta.get("machine_cpu") or {}
+    start, end = m.get("at_start"), m.get("at_end")
+    if not start or not end or end["t"] <= start["t"]:
+        return None
+    wall = end["t"] - start["t"]
+    return {"wall_s": wall, "busy_cores": (end["busy"] - start["busy"]) / wall,
+            "steal_cores": (end["steal"] - start["steal"]) / wall, "cores": m.get("cores")}
 
 
 def calibrate(backend: str | None = None, results_root: Path = Path("results"),

@@ -207,52 +207,76 @@ def timeline_plots(run_dir: Path, topo, emu_meta: dict, emu: list, sim: list,
 #: emulator itself (the NFQUEUE daemon, the hosts' two cores) starts to show
 #: in latencies: the report warns.
 CAPACITY_WARN_SHARE = 0.5
+#: More CPU than this (cores) used on the machine during the flows by
+#: anything but the run's agents and NFQUEUE daemon: the report warns.
+OTHER_WORK_WARN_CORES = 0.5
 
 
 def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
-    """How hard the run drove the emulator: packets through the impairment
-    engine against the capacity measured at calibration (the NFQUEUE
-    daemon's packets/s at its measured CPU per packet, or, for calibrations
-    made before that was measured, datagrams/s while one CPU-bound bulk
-    transfer ran), and how busy the daemon itself was during the flows (its
-    own CPU time over the run: one process, so at 100% it is the
-    bottleneck)."""
-    links = (emu_meta.get("impair_stats") or {}).get("links") or {}
-    run_s = emu_meta.get("run_s") or 0
-    if not links or run_s <= 0:
-        return []
-    total = sum(v.get("seen", 0) for v in links.values()) / run_s
-    busiest, seen = max(((k, v.get("seen", 0)) for k, v in links.items()), key=lambda kv: kv[1])
-    text = (f"emulator load: {total:.0f} datagrams/s on average through the impairment engine "
-            f"over the run, busiest link {busiest} at {seen / run_s:.0f}/s")
+    """How hard the run drove the emulator and the machine. The emulator:
+    packets through the impairment engine against the capacity measured at
+    calibration (the NFQUEUE daemon's packets/s at its measured CPU per
+    packet, or, for calibrations made before that was measured, datagrams/s
+    while one CPU-bound bulk transfer ran), how busy the daemon itself was
+    during the flows (one process: at 100% it is the bottleneck) and the
+    cores the agents and the daemon used. The machine: its whole CPU use
+    over the flows, and how much of it was not this run's (other work
+    competing with the emulation)."""
+    from testbed.pipelines.calibrate import agents_work, daemon_work, machine_work
     cal = calibration or {}
-    cap = cal.get("emulator_capacity_pps") or cal.get("capacity_pps")
-    share = total / cap if cap else 0.0
-    if cap:
-        text += f"; measured capacity {cap:.0f} datagrams/s ({share * 100:.0f}% of it)"
-    else:
-        text += " (no capacity measured: recalibrate)"
-    from testbed.pipelines.calibrate import daemon_work
+    run_s = emu_meta.get("run_s") or 0
+    if run_s <= 0:
+        return []
     work = daemon_work(emu_meta)
     daemon_cpu = work[0] if work is not None else 0.0
-    busy = daemon_cpu / run_s if work is not None else None
-    if busy is not None:
-        text += f"; the NFQUEUE daemon was busy {busy * 100:.0f}% of the run"
-    # the agents' CPU over the flows (from the start of the flows on)
-    agents = [c["process_cpu_s"] - c["process_cpu_at_go_s"]
-              for c in (emu_meta.get("counters") or {}).values() if "process_cpu_at_go_s" in c]
-    machine = None
-    if agents:
-        machine = (sum(agents) + daemon_cpu) / run_s
-        text += f"; agents and daemon used {machine:.2f} cores"
-        if cal.get("cores"):
-            text += f" of {cal['cores']}"
-    crowded = bool(machine and cal.get("cores")
-                   and machine > CAPACITY_WARN_SHARE * cal["cores"])
-    if max(share, busy or 0.0) > CAPACITY_WARN_SHARE or crowded:
-        text += (". WARNING: the emulator or the machine is more than half busy: their own "
-                 "queueing shows in latencies; spread the flows or use a bigger machine")
-    return [text]
+    # agents that recorded the start of the flows (older runs' totals include start-up)
+    agents = agents_work({n: c for n, c in (emu_meta.get("counters") or {}).items()
+                          if "process_cpu_at_go_s" in c})
+    own = ((sum(cpu for cpu, _ in agents.values()) + daemon_cpu) / run_s) if agents else None
+    notes = []
+    links = (emu_meta.get("impair_stats") or {}).get("links") or {}
+    if links:
+        total = sum(v.get("seen", 0) for v in links.values()) / run_s
+        busiest, seen = max(((k, v.get("seen", 0)) for k, v in links.items()),
+                            key=lambda kv: kv[1])
+        text = (f"emulator load: {total:.0f} datagrams/s on average through the impairment "
+                f"engine over the run, busiest link {busiest} at {seen / run_s:.0f}/s")
+        cap = cal.get("emulator_capacity_pps") or cal.get("capacity_pps")
+        share = total / cap if cap else 0.0
+        if cap:
+            text += f"; measured capacity {cap:.0f} datagrams/s ({share * 100:.0f}% of it)"
+        else:
+            text += " (no capacity measured: recalibrate)"
+        busy = daemon_cpu / run_s if work is not None else None
+        if busy is not None:
+            text += f"; the NFQUEUE daemon was busy {busy * 100:.0f}% of the run"
+        if own is not None:
+            text += f"; agents and daemon used {own:.2f} cores"
+            if cal.get("cores"):
+                text += f" of {cal['cores']}"
+        crowded = bool(own and cal.get("cores") and own > CAPACITY_WARN_SHARE * cal["cores"])
+        if max(share, busy or 0.0) > CAPACITY_WARN_SHARE or crowded:
+            text += (". WARNING: the emulator or the machine is more than half busy: their "
+                     "own queueing shows in latencies; spread the flows or use a bigger machine")
+        notes.append(text)
+    whole = machine_work(emu_meta)
+    if whole is not None:
+        # about the same window as the agents' and the daemon's figures: all
+        # snapshots are taken at the flows' start and end
+        note = (f"machine load: this machine was busy {whole['busy_cores']:.2f} cores"
+                + (f" of {whole['cores']}" if whole.get("cores") else "") + " during the flows")
+        other = None
+        if own is not None:
+            other = max(0.0, whole["busy_cores"] - own)
+            note += (f", {other:.2f} of them outside this run's agents and daemon (the "
+                     "container engine, the kernel's packet processing, other programs)")
+        if whole["steal_cores"] >= 0.01:
+            note += f"; the hypervisor took another {whole['steal_cores']:.2f} cores (steal)"
+        if (other or 0.0) + whole["steal_cores"] > OTHER_WORK_WARN_CORES:
+            note += (". WARNING: other work on this machine competed with the emulation: "
+                     "its latencies include that; rerun on a quiet machine")
+        notes.append(note)
+    return notes
 
 
 def verdict_summary(verdict: "Verdict | None") -> dict:

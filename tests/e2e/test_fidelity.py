@@ -24,7 +24,7 @@ import pytest
 
 from testbed.pipelines.calibrate import calibrate
 from testbed.analysis.compare import format_table
-from testbed.pipelines.evaluate import FIDELITY_MIN_DELAY_S, compare_run
+from testbed.pipelines.evaluate import FIDELITY_MIN_DELAY_S, compare_run, load_notes
 from testbed.emulate.run import run_emulation
 from testbed.spec.topology import list_topologies, load_topology
 
@@ -77,12 +77,16 @@ def test_simulation_matches_emulation(calibrated, name):
         print("  UNDETERMINED", j.describe())
     for j in verdict.failed:
         print("  FAIL", j.describe())
+    # how busy the emulator and the machine were: a gross failure on a
+    # machine that other work kept busy says so in CI's log
+    load = "\n".join(load_notes(res.meta, info))
+    print(load)
     assert not verdict.structural, verdict.structural
     # judged like the verdict, with the interval, at a 25% band: a noisy
     # median (lossy's 64 KB flow from 100 messages) is not a broken model
     gross = [j.describe() for j in verdict.judgements if j.quantity == "p50" and (
         (j.emu_lo is not None and j.emu_lo > j.sim * (1 + GROSS_P50))
         or (j.emu_hi is not None and j.emu_hi < j.sim * (1 - GROSS_P50)))]
-    assert not gross, "\n".join(gross) + f"\nreport: {report}"
+    assert not gross, "\n".join(gross) + f"\n{load}\nreport: {report}"
     assert report.read_text().startswith(f"# {name}: emulated vs simulated\n\n## Fidelity: ")
     assert list(res.run_dir.glob("*.png")) and (res.run_dir / "verdict.json").exists()

@@ -54,6 +54,12 @@ def test_ensure_messages_arrive_exactly_once_intact_under_loss(tmp_path, loss):
         daemon = res.meta["impair_stats"]["daemon"]
         assert daemon["packets"] >= sum(v["seen"] for v in res.meta["impair_stats"]["links"].values())
         assert 1e-6 < emulator_cost(res.meta) < 1e-3
+    # the whole machine's CPU over the flows, for the report's load note:
+    # at least what the two agents used, at most every core
+    from testbed.pipelines.calibrate import agents_work, machine_work
+    whole = machine_work(res.meta)
+    own = sum(cpu for cpu, _ in agents_work(res.meta["counters"]).values())
+    assert own / whole["wall_s"] * 0.9 <= whole["busy_cores"] <= whole["cores"] + 0.01
 
 
 @pytest.mark.timeout(240)

@@ -3,6 +3,8 @@ shared server (``emulator_cost_s``), the machine's cores shared by every
 host (``cores``), and the calibration that measures both directly."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from testbed.analysis.stats import flow_stats
@@ -151,3 +153,41 @@ def test_the_daemon_counts_its_packets_and_reports_its_cpu():
     reply = d.handle({"op": "stats"})
     assert reply["daemon"]["packets"] == 3 and len(accepted) == 3
     assert reply["daemon"]["cpu_s"] > 0
+
+
+def test_machine_cpu_reads_proc_stat(tmp_path):
+    from testbed.emulate.run import machine_cpu
+    hz = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    stat.write_text(f"cpu  {hz * 3} {hz} {hz * 2} {hz * 10} {hz} 0 {hz} {hz // 2} 0 0\n"
+                    "cpu0 1 2 3 4 5 6 7 8 9 10\n")
+    snap = machine_cpu(stat)
+    assert (snap["busy"], snap["steal"], snap["idle"]) == (7.0, 0.5, 11.0)
+    assert machine_cpu(tmp_path / "missing") is None
+    stat.write_text("cpu 1 2\n")
+    assert machine_cpu(stat) is None
+    real = machine_cpu()                                  # this Linux machine
+    assert real is not None and real["busy"] > 0
+
+
+def test_report_states_the_machines_load_and_warns_of_other_work():
+    cal = {"emulator_capacity_pps": 40_000.0, "cores": 2}
+    meta = _meta(daemon_cpu_s=2.0)
+    meta["counters"] = {"a": {"process_cpu_s": 6.0, "process_cpu_at_go_s": 1.0}}   # 0.7 cores
+    meta["machine_cpu"] = {"cores": 2,
+                           "at_start": {"t": 100.0, "busy": 50.0, "steal": 1.0, "idle": 0.0},
+                           "at_end": {"t": 110.0, "busy": 59.0, "steal": 1.0, "idle": 0.0}}
+    _, quiet = load_notes(meta, cal)
+    assert quiet.startswith("machine load: this machine was busy 0.90 cores of 2")
+    assert "0.20 of them outside this run's agents and daemon" in quiet
+    assert "WARNING" not in quiet and "steal" not in quiet
+    meta["machine_cpu"]["at_end"].update(busy=65.0, steal=3.0)    # 1.5 busy, 0.2 stolen
+    _, loaded = load_notes(meta, cal)
+    assert "0.80 of them outside" in loaded and "took another 0.20 cores (steal)" in loaded
+    assert "WARNING: other work on this machine" in loaded
+    # without an impairment daemon (netem, clean links) the machine is still reported
+    bare = {"run_s": 10.0, "machine_cpu": meta["machine_cpu"], "counters": meta["counters"]}
+    (only,) = load_notes(bare, cal)
+    assert only.startswith("machine load:") and "1.00 of them outside" in only
+    del meta["machine_cpu"]                                       # older runs: no note
+    assert len(load_notes(meta, cal)) == 1
