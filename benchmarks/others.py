@@ -267,48 +267,61 @@ async def _quic_client(port: int, mode: str, n: int, size: int, timeout: float) 
 
 
 # ------------------------------------------------------------ parent side
-def zmq_latency(a: Worker, b: Worker, n: int, size: int) -> dict[str, Any]:
-    port = b.start("zmq_rep", n + 30, 10.0)
-    rtts, lost = a.call("zmq_req", port, n + 30, size, 30.0, timeout=40.0)
-    b.finish(timeout=20.0)
-    rtts = rtts[30:]                     # warm-up
+WARM_UP = 30                             # round trips dropped before the median
+
+
+def _latency(label: str, server: tuple, client: tuple, n: int, size: int,
+             a: Worker, b: Worker, timeout: float) -> dict[str, Any]:
+    """One stack's round trips: its server started in ``b`` (``server``: the
+    command and its arguments before the count; it gives up after
+    ``timeout`` s idle), its client run in ``a`` (``client``: command,
+    arguments between the port and the count; 30 s at most); the warm-up
+    dropped, the median kept."""
+    port = b.start(server[0], *server[1:], n + WARM_UP, timeout)
+    rtts, lost = a.call(client[0], port, *client[1:], n + WARM_UP, size, 30.0,
+                        timeout=max(timeout, 30.0) + 10.0)
+    b.finish(timeout=timeout + 10.0)
+    rtts = rtts[WARM_UP:]
     if not rtts:
-        raise BenchError("pyzmq REQ/REP: no round trip completed")
+        raise BenchError(f"{label}: no round trip completed")
     return {"median_rtt_us": median(rtts) * 1e6, "samples": len(rtts), "timeouts": lost}
+
+
+def _goodput(label: str, start_server, send, size: int, reps: int,
+             a: Worker, b: Worker, timeout: float) -> dict[str, Any]:
+    """One stack's bulk transfers of ``size`` bytes, ``reps`` times:
+    ``start_server(b)`` returns the port, ``send(a, port)`` the sender's
+    start time; the receiver's finish gives (end time, bytes)."""
+    runs = []
+    for _ in range(reps):
+        t0 = send(a, start_server(b))
+        got = b.finish(timeout=timeout)
+        if got is None or got[1] != size:
+            raise BenchError(f"{label}: {size} B not received ({got})")
+        runs.append(size / (got[0] - t0) / 1e6)
+    return {"median_MBps": median(runs), "runs": runs}
+
+
+def zmq_latency(a: Worker, b: Worker, n: int, size: int) -> dict[str, Any]:
+    return _latency("pyzmq REQ/REP", ("zmq_rep",), ("zmq_req",), n, size, a, b, 10.0)
 
 
 def zmq_goodput(a: Worker, b: Worker, size: int, reps: int) -> dict[str, Any]:
-    runs = []
-    for _ in range(reps):
-        port = b.start("zmq_pull", 30.0)
-        t0 = a.call("zmq_push", port, size, timeout=40.0)
-        got = b.finish(timeout=40.0)
-        if got is None or got[1] != size:
-            raise BenchError(f"pyzmq PUSH/PULL: {size} B not received ({got})")
-        runs.append(size / (got[0] - t0) / 1e6)
-    return {"median_MBps": median(runs), "runs": runs}
+    return _goodput("pyzmq PUSH/PULL", lambda w: w.start("zmq_pull", 30.0),
+                    lambda w, port: w.call("zmq_push", port, size, timeout=40.0),
+                    size, reps, a, b, 40.0)
 
 
 def quic_latency(a: Worker, b: Worker, n: int, size: int) -> dict[str, Any]:
-    port = b.start("quic_server", "echo", n + 30, 40.0)
-    rtts, lost = a.call("quic_client", port, "echo", n + 30, size, 30.0, timeout=45.0)
-    b.finish(timeout=50.0)
-    rtts = rtts[30:]                     # warm-up
-    if not rtts:
-        raise BenchError("aioquic: no round trip completed")
-    return {"median_rtt_us": median(rtts) * 1e6, "samples": len(rtts), "timeouts": lost}
+    return _latency("aioquic", ("quic_server", "echo"), ("quic_client", "echo"), n, size,
+                    a, b, 40.0)
 
 
 def quic_goodput(a: Worker, b: Worker, size: int, reps: int) -> dict[str, Any]:
-    runs = []
-    for _ in range(reps):
-        port = b.start("quic_server", "bulk", 1, 60.0)
-        t0 = a.call("quic_client", port, "bulk", 1, size, 50.0, timeout=70.0)
-        got = b.finish(timeout=70.0)
-        if got is None or got[1] != size:
-            raise BenchError(f"aioquic: {size} B stream not received ({got})")
-        runs.append(size / (got[0] - t0) / 1e6)
-    return {"median_MBps": median(runs), "runs": runs}
+    return _goodput("aioquic stream", lambda w: w.start("quic_server", "bulk", 1, 60.0),
+                    lambda w, port: w.call("quic_client", port, "bulk", 1, size, 50.0,
+                                           timeout=70.0),
+                    size, reps, a, b, 70.0)
 
 
 def run_others(a: Worker, b: Worker, pings: int, size: int, reps: int,
