@@ -14,6 +14,7 @@ from testbed.spec.model import LinkSpec, Topology
 pytestmark = [pytest.mark.e2e]
 
 PORT = 9400
+SERVE_S = 20
 
 
 def _probe(tmp_path, links: dict[tuple[str, str], LinkSpec], ping_args: list[str]) -> dict:
@@ -23,7 +24,10 @@ def _probe(tmp_path, links: dict[tuple[str, str], LinkSpec], ping_args: list[str
 
     def command(h):
         if h.name == "b":
-            return ["python3", "-m", "testbed.guest.probe", "serve", f"--port={PORT}", "--duration=60"]
+            # the run lasts as long as this server: long enough for the
+            # pinger's few seconds on a slow machine, not a minute
+            return ["python3", "-m", "testbed.guest.probe", "serve", f"--port={PORT}",
+                    f"--duration={SERVE_S}"]
         # b's address is known only once hosts exist: the hook writes it to
         # the shared results directory, read here after the start gate.
         args = ", ".join(repr(a) for a in ping_args)
