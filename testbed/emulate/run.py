@@ -53,6 +53,15 @@ READY_TIMEOUT_S = 60.0
 START_DELAY_S = 0.5
 #: Extra time past the topology's last deadline before agents give up.
 END_GRACE_S = 5.0
+#: Before the flows start, wait at most QUIET_MAX_S for this machine to use
+#: less than QUIET_BUSY_CORES (measured over QUIET_SAMPLE_S): a previous
+#: run's teardown goes on after it returns (the kernel frees its network
+#: namespaces in the background; measured: 0.95 of 2 cores during the
+#: flows of a pair run started right after a mesh-20 run) and would
+#: compete with this run's flows.
+QUIET_MAX_S = 10.0
+QUIET_BUSY_CORES = 0.3
+QUIET_SAMPLE_S = 0.5
 
 Progress = Callable[[str], None]
 #: Called with a snapshot about every MONITOR_INTERVAL_S while flows run,
@@ -95,6 +104,30 @@ def machine_cpu(stat: Path = Path("/proc/stat")) -> dict | None:
     hz = os.sysconf("SC_CLK_TCK")
     return {"t": time.monotonic(), "busy": (user + nice + system + irq + softirq) / hz,
             "steal": steal / hz, "idle": (idle + iowait) / hz}
+
+
+def wait_for_quiet(max_s: float = QUIET_MAX_S, busy_cores: float = QUIET_BUSY_CORES,
+                   sample_s: float = QUIET_SAMPLE_S, read=machine_cpu,
+                   sleep=time.sleep) -> dict:
+    """Wait until this machine's CPU use (busy plus steal, over ``sample_s``)
+    is under ``busy_cores``, for at most about ``max_s``. Returns what was
+    seen: ``waited_s``, ``busy_cores`` (the last sample; None where /proc/stat
+    is unreadable) and ``quiet`` (whether it got under the bound). Never
+    raises: a busy machine delays the run, it does not stop it."""
+    t0 = time.monotonic()
+    prev, last = read(), None
+    while prev is not None:
+        sleep(sample_s)
+        cur = read()
+        if cur is None or cur["t"] <= prev["t"]:
+            break
+        last = (cur["busy"] + cur["steal"] - prev["busy"] - prev["steal"]) / (cur["t"] - prev["t"])
+        if last < busy_cores or time.monotonic() - t0 >= max_s:
+            break
+        prev = cur
+    return {"waited_s": round(time.monotonic() - t0, 3),
+            "busy_cores": None if last is None else round(last, 3),
+            "quiet": last is not None and last < busy_cores}
 
 
 def _versions() -> dict:
@@ -206,6 +239,11 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
         meta["hosts"] = {n: h.ip for n, h in hosts.items()}
         say(f"[{topology.name}] up in {meta['up_s']:.1f}s; impairments via {impair.engine}")
         _await_agents(run_dir, topology, READY_TIMEOUT_S, backend)
+        meta["quiet_wait"] = quiet = wait_for_quiet()
+        if not quiet["quiet"] and quiet["busy_cores"] is not None:
+            say(f"[{topology.name}] this machine is still busy ({quiet['busy_cores']:.2f} "
+                f"cores after {quiet['waited_s']:.0f}s of waiting): other work competes "
+                "with the flows (the report's machine load note says how much)")
         start_at = time.time() + START_DELAY_S
         end_at = start_at + topology.expected_duration_s() + END_GRACE_S
         write_json_atomic(run_dir / "go.json", {

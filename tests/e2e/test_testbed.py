@@ -60,6 +60,9 @@ def test_ensure_messages_arrive_exactly_once_intact_under_loss(tmp_path, loss):
     whole = machine_work(res.meta)
     own = sum(cpu for cpu, _ in agents_work(res.meta["counters"]).values())
     assert own / whole["wall_s"] * 0.9 <= whole["busy_cores"] <= whole["cores"] + 0.01
+    # the flows started once the machine was quiet, or after the bounded wait
+    quiet = res.meta["quiet_wait"]
+    assert 0 <= quiet["waited_s"] < 15 and quiet["busy_cores"] is not None
 
 
 @pytest.mark.timeout(240)

@@ -191,3 +191,40 @@ def test_report_states_the_machines_load_and_warns_of_other_work():
     assert only.startswith("machine load:") and "1.00 of them outside" in only
     del meta["machine_cpu"]                                       # older runs: no note
     assert len(load_notes(meta, cal)) == 1
+
+
+def _clock_reader(busy_per_s: list[float]):
+    """A fake /proc/stat reader whose machine uses busy_per_s[i] cores over
+    the i-th one-second sample (steal counted with busy)."""
+    state = {"t": 0.0, "busy": 0.0, "i": 0}
+
+    def read():
+        return {"t": state["t"], "busy": state["busy"], "steal": 0.0, "idle": 0.0}
+
+    def sleep(s):
+        i = min(state["i"], len(busy_per_s) - 1)
+        state["busy"] += busy_per_s[i] * s
+        state["t"] += s
+        state["i"] += 1
+    return read, sleep
+
+
+def test_wait_for_quiet_waits_until_the_machine_is_quiet_and_no_longer():
+    from testbed.emulate.run import wait_for_quiet
+    read, sleep = _clock_reader([1.2, 0.9, 0.1, 0.0])          # a teardown finishing
+    seen = wait_for_quiet(max_s=60, busy_cores=0.3, sample_s=1.0, read=read, sleep=sleep)
+    assert seen["quiet"] and seen["busy_cores"] == 0.1
+    read, sleep = _clock_reader([0.0])                           # already quiet: one sample
+    assert wait_for_quiet(max_s=60, busy_cores=0.3, sample_s=0.01, read=read,
+                          sleep=sleep)["busy_cores"] == 0.0
+    # busy for good: bounded by max_s (real time here), reported not quiet
+    import time as _time
+    read, sleep = _clock_reader([1.5])
+    t0 = _time.monotonic()
+    seen = wait_for_quiet(max_s=0.2, busy_cores=0.3, sample_s=0.05, read=read,
+                          sleep=lambda s: (sleep(s), _time.sleep(s)))
+    assert not seen["quiet"] and seen["busy_cores"] == 1.5
+    assert 0.2 <= _time.monotonic() - t0 < 2.0
+    # no /proc/stat: no wait, nothing known
+    assert wait_for_quiet(read=lambda: None) == {"waited_s": 0.0, "busy_cores": None,
+                                                 "quiet": False}
