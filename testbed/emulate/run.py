@@ -106,6 +106,17 @@ def machine_cpu(stat: Path = Path("/proc/stat")) -> dict | None:
             "steal": steal / hz, "idle": (idle + iowait) / hz}
 
 
+def cores_between(start: dict | None, end: dict | None) -> dict | None:
+    """How busy the machine was between two :func:`machine_cpu` snapshots:
+    ``wall_s`` and, in CPU seconds per second of wall time, ``busy_cores``
+    and ``steal_cores``. None when either is missing or no time passed."""
+    if not start or not end or end["t"] <= start["t"]:
+        return None
+    wall = end["t"] - start["t"]
+    return {"wall_s": wall, "busy_cores": (end["busy"] - start["busy"]) / wall,
+            "steal_cores": (end["steal"] - start["steal"]) / wall}
+
+
 def wait_for_quiet(max_s: float = QUIET_MAX_S, busy_cores: float = QUIET_BUSY_CORES,
                    sample_s: float = QUIET_SAMPLE_S, read=machine_cpu,
                    sleep=time.sleep) -> dict:
@@ -119,9 +130,10 @@ def wait_for_quiet(max_s: float = QUIET_MAX_S, busy_cores: float = QUIET_BUSY_CO
     while prev is not None:
         sleep(sample_s)
         cur = read()
-        if cur is None or cur["t"] <= prev["t"]:
+        used = cores_between(prev, cur)
+        if used is None:
             break
-        last = (cur["busy"] + cur["steal"] - prev["busy"] - prev["steal"]) / (cur["t"] - prev["t"])
+        last = used["busy_cores"] + used["steal_cores"]
         if last < busy_cores or time.monotonic() - t0 >= max_s:
             break
         prev = cur

@@ -174,15 +174,20 @@ def emulator_cost(meta: dict) -> float | None:
     return work[0] / work[1]
 
 
-def agents_work(counters: dict[str, dict]) -> dict[str, tuple[float, int]]:
+def agents_work(counters: dict[str, dict], flows_only: bool = False
+                ) -> dict[str, tuple[float, int]]:
     """Per ensemble: (process CPU seconds, datagrams sent and received) of
     its agent (all its threads: engine, socket calls, callbacks), from its
     ``counters-<name>.json``; counted from the start of the flows where the
     agent recorded it (``process_cpu_at_go_s``, ``packets_at_go``: the
     interpreter's start-up is not the traffic's cost). Ensembles whose
-    counters lack the CPU time are left out."""
+    counters lack the CPU time are left out; with ``flows_only``, so are
+    agents that did not record the start of the flows (older runs: their
+    totals include start-up, too much for a figure per second of flows)."""
     out = {}
     for name, c in sorted(counters.items()):
+        if flows_only and "process_cpu_at_go_s" not in c:
+            continue
         if "process_cpu_s" in c:
             n = (c.get("packets_sent", 0) + c.get("packets_received", 0)
                  - c.get("packets_at_go", 0))
@@ -201,13 +206,10 @@ def machine_work(meta: dict) -> dict | None:
     ``machine_cpu`` snapshots of /proc/stat): ``wall_s``, ``busy_cores``
     and ``steal_cores`` (CPU seconds per second of wall time) and ``cores``.
     None for runs recorded without both snapshots."""
+    from testbed.emulate.run import cores_between
     m = meta.get("machine_cpu") or {}
-    start, end = m.get("at_start"), m.get("at_end")
-    if not start or not end or end["t"] <= start["t"]:
-        return None
-    wall = end["t"] - start["t"]
-    return {"wall_s": wall, "busy_cores": (end["busy"] - start["busy"]) / wall,
-            "steal_cores": (end["steal"] - start["steal"]) / wall, "cores": m.get("cores")}
+    used = cores_between(m.get("at_start"), m.get("at_end"))
+    return None if used is None else {**used, "cores": m.get("cores")}
 
 
 def calibrate(backend: str | None = None, results_root: Path = Path("results"),

@@ -229,9 +229,10 @@ def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
         return []
     work = daemon_work(emu_meta)
     daemon_cpu = work[0] if work is not None else 0.0
-    # agents that recorded the start of the flows (older runs' totals include start-up)
-    agents = agents_work({n: c for n, c in (emu_meta.get("counters") or {}).items()
-                          if "process_cpu_at_go_s" in c})
+    agents = agents_work(emu_meta.get("counters") or {}, flows_only=True)
+    whole = machine_work(emu_meta)
+    # the run's own machine; calibrations made before runs recorded it say theirs
+    cores = (whole or {}).get("cores") or cal.get("cores")
     own = ((sum(cpu for cpu, _ in agents.values()) + daemon_cpu) / run_s) if agents else None
     notes = []
     links = (emu_meta.get("impair_stats") or {}).get("links") or {}
@@ -252,19 +253,18 @@ def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
             text += f"; the NFQUEUE daemon was busy {busy * 100:.0f}% of the run"
         if own is not None:
             text += f"; agents and daemon used {own:.2f} cores"
-            if cal.get("cores"):
-                text += f" of {cal['cores']}"
-        crowded = bool(own and cal.get("cores") and own > CAPACITY_WARN_SHARE * cal["cores"])
+            if cores:
+                text += f" of {cores}"
+        crowded = bool(own and cores and own > CAPACITY_WARN_SHARE * cores)
         if max(share, busy or 0.0) > CAPACITY_WARN_SHARE or crowded:
             text += (". WARNING: the emulator or the machine is more than half busy: their "
                      "own queueing shows in latencies; spread the flows or use a bigger machine")
         notes.append(text)
-    whole = machine_work(emu_meta)
     if whole is not None:
         # about the same window as the agents' and the daemon's figures: all
         # snapshots are taken at the flows' start and end
         note = (f"machine load: this machine was busy {whole['busy_cores']:.2f} cores"
-                + (f" of {whole['cores']}" if whole.get("cores") else "") + " during the flows")
+                + (f" of {cores}" if cores else "") + " during the flows")
         other = None
         if own is not None:
             other = max(0.0, whole["busy_cores"] - own)

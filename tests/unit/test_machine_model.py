@@ -193,6 +193,37 @@ def test_report_states_the_machines_load_and_warns_of_other_work():
     assert len(load_notes(meta, cal)) == 1
 
 
+def test_cores_between_two_snapshots():
+    from testbed.emulate.run import cores_between
+    a = {"t": 10.0, "busy": 5.0, "steal": 1.0, "idle": 0.0}
+    b = {"t": 14.0, "busy": 11.0, "steal": 2.0, "idle": 0.0}
+    assert cores_between(a, b) == {"wall_s": 4.0, "busy_cores": 1.5, "steal_cores": 0.25}
+    assert cores_between(b, a) is None and cores_between(a, a) is None
+    assert cores_between(None, b) is None and cores_between(a, {}) is None
+
+
+def test_the_runs_own_core_count_wins_over_the_calibrations():
+    meta = _meta(daemon_cpu_s=2.0)
+    meta["counters"] = {"a": {"process_cpu_s": 6.0, "process_cpu_at_go_s": 1.0}}
+    meta["machine_cpu"] = {"cores": 4,
+                           "at_start": {"t": 0.0, "busy": 0.0, "steal": 0.0, "idle": 0.0},
+                           "at_end": {"t": 10.0, "busy": 9.0, "steal": 0.0, "idle": 0.0}}
+    emulator, machine = load_notes(meta, {"emulator_capacity_pps": 40_000.0, "cores": 2})
+    assert "used 0.70 cores of 4" in emulator and "0.90 cores of 4" in machine
+    del meta["machine_cpu"]                 # runs recorded before: the calibration's
+    assert "used 0.70 cores of 2" in load_notes(meta, {"cores": 2})[0]
+
+
+def test_agents_work_counts_from_the_flows_start_and_can_leave_out_older_agents():
+    from testbed.pipelines.calibrate import agents_work
+    counters = {"a": {"process_cpu_s": 6.0, "process_cpu_at_go_s": 1.0,
+                      "packets_sent": 70, "packets_received": 40, "packets_at_go": 10},
+                "b": {"process_cpu_s": 3.0, "packets_sent": 5},
+                "c": {"packets_sent": 9}}                       # no CPU time: left out
+    assert agents_work(counters) == {"a": (5.0, 100), "b": (3.0, 5)}
+    assert agents_work(counters, flows_only=True) == {"a": (5.0, 100)}
+
+
 def _clock_reader(busy_per_s: list[float]):
     """A fake /proc/stat reader whose machine uses busy_per_s[i] cores over
     the i-th one-second sample (steal counted with busy)."""
