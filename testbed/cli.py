@@ -411,6 +411,7 @@ def cmd_false_alarms(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from testbed.pipelines.calibrate import calibrate
+    from testbed.pipelines.evaluate import machine_warning
     from testbed.simulate.host import calibration_name
     info = calibrate(args.backend, Path(args.results), progress=say)
     emu = info.get("emulator_cost_s")
@@ -426,6 +427,13 @@ def cmd_calibrate(args) -> int:
     if measured:
         say("agent process CPU per datagram sent or received (measured directly): "
             + ", ".join(f"{e} {v * 1e6:.1f} us" for e, v in measured.items()))
+    whole = info.get("machine")
+    if whole:
+        warning = machine_warning(whole, None)
+        say(f"machine during the calibration: busy {whole['busy_cores']:.2f} cores, "
+            f"steal {whole['steal_cores']:.2f}"
+            + (f". {warning}; recalibrate then (calibrate --backend {info['backend']})"
+               if warning else ""))
     return 0
 
 

@@ -212,6 +212,11 @@ def machine_work(meta: dict) -> dict | None:
     return None if used is None else {**used, "cores": m.get("cores")}
 
 
+def _rounded(work: dict | None) -> dict | None:
+    return None if work is None else {k: round(v, 3) if isinstance(v, float) else v
+                                      for k, v in work.items()}
+
+
 def calibrate(backend: str | None = None, results_root: Path = Path("results"),
               progress=None) -> dict:
     from testbed.emulate.run import run_emulation
@@ -239,6 +244,10 @@ def calibrate(backend: str | None = None, results_root: Path = Path("results"),
             # the most packets per second the emulator can impair (all links)
             "emulator_capacity_pps": 1 / emu_cost if emu_cost else None,
             "cores": cores,
+            # how busy the whole machine was during the calibration's flows
+            # (busy_cores, steal_cores): a calibration made while the
+            # hypervisor took the CPUs measures that, not the machine
+            "machine": _rounded(machine_work(res.meta)),
             "measured_bulk_median_s": bulk_s,
             # the model's own check: the bulk flow simulated with it
             "model_bulk_median_s": _sim_median(topo, "bulk", host),

@@ -210,6 +210,28 @@ CAPACITY_WARN_SHARE = 0.5
 #: More CPU than this (cores) used on the machine during the flows by
 #: anything but the run's agents and NFQUEUE daemon: the report warns.
 OTHER_WORK_WARN_CORES = 0.5
+#: Steal (cores the hypervisor ran something else on while this machine's
+#: vCPUs wanted them) from which the report warns: a vCPU that is not running
+#: holds every packet queued on it. Measured on this 2-core VM (make testbed,
+#: 2026-12-03): 0.30 cores of steal during edge-cloud's flows came with its
+#: sensors' LAN p50 at 8.8 ms against 7.1 an hour earlier and p95 doubled,
+#: 0.13 during mesh-20's with 40 p95 FAILs; quiet runs measured 0.02-0.07.
+STEAL_WARN_CORES = 0.1
+
+
+def machine_warning(whole: dict, other: float | None) -> str | None:
+    """The warning a machine record earns (``whole`` from
+    ``calibrate.machine_work``; ``other``: cores of work that was not the
+    run's own, None when unknown), or None."""
+    if whole["steal_cores"] >= STEAL_WARN_CORES:
+        return (f"WARNING: the hypervisor took {whole['steal_cores']:.2f} cores (steal, at most "
+                f"{STEAL_WARN_CORES} on a quiet host): this VM's CPUs were not running while "
+                "packets waited on them, and the latencies include that; rerun when its host "
+                "is quiet")
+    if (other or 0.0) + whole["steal_cores"] > OTHER_WORK_WARN_CORES:
+        return ("WARNING: other work on this machine competed with the emulation: "
+                "its latencies include that; rerun on a quiet machine")
+    return None
 
 
 def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
@@ -272,9 +294,13 @@ def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
                      "container engine, the kernel's packet processing, other programs)")
         if whole["steal_cores"] >= 0.01:
             note += f"; the hypervisor took another {whole['steal_cores']:.2f} cores (steal)"
-        if (other or 0.0) + whole["steal_cores"] > OTHER_WORK_WARN_CORES:
-            note += (". WARNING: other work on this machine competed with the emulation: "
-                     "its latencies include that; rerun on a quiet machine")
+        then = cal.get("machine")
+        if then:
+            note += (f" (at calibration: busy {then['busy_cores']:.2f} cores, "
+                     f"steal {then['steal_cores']:.2f})")
+        warning = machine_warning(whole, other)
+        if warning:
+            note += ". " + warning
         notes.append(note)
     return notes
 

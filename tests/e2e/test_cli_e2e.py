@@ -165,6 +165,10 @@ def test_calibrate_writes_the_backends_calibration(tmp_path, clean):
     assert info["host_cost_method"] == "measured"
     assert info["host_cost_s"] == pytest.approx(sum(measured.values()) / 2)
     assert info["cores"] >= 1 and info["model_bulk_median_s"] > 0
+    # the whole machine during the calibration's flows: at least the agents' own work
+    whole = info["machine"]
+    assert 0 < whole["busy_cores"] <= info["cores"] and 0 <= whole["steal_cores"] <= info["cores"]
+    assert "machine during the calibration: busy" in out.stdout + out.stderr
     if info["impairment_engine"] == "nfqueue":
         assert 1e-6 < info["emulator_cost_s"] < 1e-3
         assert info["emulator_capacity_pps"] == pytest.approx(1 / info["emulator_cost_s"])

@@ -181,10 +181,20 @@ def test_report_states_the_machines_load_and_warns_of_other_work():
     assert quiet.startswith("machine load: this machine was busy 0.90 cores of 2")
     assert "0.20 of them outside this run's agents and daemon" in quiet
     assert "WARNING" not in quiet and "steal" not in quiet
-    meta["machine_cpu"]["at_end"].update(busy=65.0, steal=3.0)    # 1.5 busy, 0.2 stolen
+    meta["machine_cpu"]["at_end"].update(busy=65.0, steal=1.5)    # 1.5 busy, 0.05 stolen
     _, loaded = load_notes(meta, cal)
-    assert "0.80 of them outside" in loaded and "took another 0.20 cores (steal)" in loaded
+    assert "0.80 of them outside" in loaded and "took another 0.05 cores (steal)" in loaded
     assert "WARNING: other work on this machine" in loaded
+    # a tenth of a core of steal warns on its own: a vCPU not running holds packets
+    meta["machine_cpu"]["at_end"].update(busy=59.0, steal=2.0)    # 0.9 busy, 0.1 stolen
+    _, stolen = load_notes(meta, cal)
+    assert "WARNING: the hypervisor took 0.10 cores" in stolen and "other work" not in stolen
+    meta["machine_cpu"]["at_end"].update(steal=1.9)               # 0.09: no warning
+    assert "WARNING" not in load_notes(meta, cal)[1]
+    # the calibration's own machine record is stated beside the run's
+    cal_then = {**cal, "machine": {"busy_cores": 1.2, "steal_cores": 0.03, "cores": 2}}
+    assert "(at calibration: busy 1.20 cores, steal 0.03)" in load_notes(meta, cal_then)[1]
+    meta["machine_cpu"]["at_end"].update(busy=65.0, steal=1.0)
     # without an impairment daemon (netem, clean links) the machine is still reported
     bare = {"run_s": 10.0, "machine_cpu": meta["machine_cpu"], "counters": meta["counters"]}
     (only,) = load_notes(bare, cal)
