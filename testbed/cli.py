@@ -437,6 +437,10 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+#: The end-to-end suite `all` leaves out: it repeats what `all` itself does.
+FIDELITY_SUITE = "tests/e2e/test_fidelity.py"
+
+
 def cmd_all(args) -> int:
     """What `make testbed` runs: calibrate, every default topology, compare,
     the end-to-end suite, and the final tables."""
@@ -463,8 +467,13 @@ def cmd_all(args) -> int:
             _print_verdict(verdict, name)
             summaries.append((name, res, rows, verdict, report))
     if not args.skip_e2e:
-        say("end-to-end suite (tests/e2e)")
-        rc = subprocess.call([sys.executable, "-m", "pytest", "tests/e2e", "-q"])
+        # tests/e2e/test_fidelity.py calibrates and runs the shipped
+        # topologies again and asserts less than the verdicts above (every
+        # ensure=True message, no gross p50): `make test` runs it, `all`
+        # has just done its work more strictly (7 of its 22 minutes, here)
+        say(f"end-to-end suite (tests/e2e, but for {FIDELITY_SUITE}: its topologies ran above)")
+        rc = subprocess.call([sys.executable, "-m", "pytest", "tests/e2e", "-q",
+                              f"--ignore={FIDELITY_SUITE}"])
         say(f"end-to-end suite exit code {rc}")
     else:
         rc = 0

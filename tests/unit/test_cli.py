@@ -231,3 +231,27 @@ def test_set_finds_the_live_up_like_exec_and_asks_its_control_directory(no_up, c
         server.close()
     assert capsys.readouterr().out.count("a->b now delay=5ms") == 3
     assert seen == [{"op": "set", "link": "a->b", "set": {"delay": "5ms"}}] * 3
+
+
+def test_all_leaves_out_only_the_fidelity_suite_whose_topologies_it_runs_itself(monkeypatch,
+                                                                                tmp_path):
+    """`all` (make testbed) skips tests/e2e/test_fidelity.py because it has
+    just emulated and judged the same topologies, more strictly: that holds
+    only while its default list covers every topology the suite judges."""
+    import importlib.util
+
+    from testbed import cli
+    path = Path(__file__).resolve().parents[2] / cli.FIDELITY_SUITE
+    spec = importlib.util.spec_from_file_location("fidelity_suite", path)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    assert suite.TARGET and set(suite.TARGET) <= set(cli.DEFAULT_TOPOLOGIES)
+    # the command `all` runs: the whole e2e suite but that one file
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda argv, **kw: calls.append(argv) or 0)
+    monkeypatch.setattr(cli, "_default_topologies", lambda: [])
+    monkeypatch.setattr("testbed.simulate.host.load_calibration",
+                        lambda *a, **k: {"backend": "netns"})
+    assert main(["--results", str(tmp_path), "all", "--backend", "netns"]) == 0
+    (argv,) = calls
+    assert argv[1:] == ["-m", "pytest", "tests/e2e", "-q", f"--ignore={cli.FIDELITY_SUITE}"]
