@@ -27,7 +27,9 @@ Files in the results directory (all written by the host unless noted):
                        agent's process_cpu_s, and its CPU time and
                        packets when the flows began (the run's own
                        CPU cost per datagram)                  (agent)
-  outcome-<name>.json  agent: what became of its own messages (agent)
+  outcome-<name>.json  agent: what became of its own messages, and
+                       ``clock`` when the plan names a clock
+                       reference (see below)          (agent)
   apps/                the app files the plan names (copied by the host)
   <name>/              the program's TTNET_RUN_DIR                  (program)
   logs/program-<name>.log  the program's stdout and stderr          (agent)
@@ -70,6 +72,17 @@ program's output is appended to its log), and writes counters and outcome
 socket was bound --, sent_by_earlier) at exit, as any agent.
 Its exit code is the run's verdict for that ensemble.
 
+With a plan ``clock`` (``{"reference": "ip:port"}``: the swarm backend's
+time responder on the orchestrating host, :mod:`testbed.guest.clock`), the
+agent measures its clock against it twice: at its start (after binding,
+before the ready file) and at its end (after its flows and the linger,
+before its counters and outcome). Each is at most PROBES exchanges within
+PROBE_BUDGET_S (the end one within what is left until the end time, but
+at least END_PROBE_MIN_S); an unreachable reference is recorded as an
+``error``, never waited for longer. outcome ``clock``: ``reference``,
+``start`` and ``end`` (offset_s, uncertainty_s, rtt_s, at, probes,
+answered; :mod:`testbed.spec.clocks`).
+
 Exit codes:
   0  every ensure=True message this ensemble sources completed, and every
      message (best effort too) was sent and resolved before the end time;
@@ -104,6 +117,7 @@ import ttnet
 
 from ttnet import (EngineConfig, TTNetwork, TTNetworkInterfaceType,
                    TTNetworkMessageUDP)
+from testbed.guest.clock import PROBE_BUDGET_S, probe as clock_probe
 from testbed.spec.app import MAGIC as APP_MAGIC, AppError, AppRuntime, load_app
 from testbed.spec.events import (Complete, Deliver, EventFile, Fail, MessageRef, Send,
                                  Unknown)
@@ -125,6 +139,8 @@ EXIT_OK, EXIT_CRASH, EXIT_NO_GO, EXIT_UNDELIVERED, EXIT_PROGRAM, EXIT_APP_LOAD =
 PROGRAM_GRACE_S = 3.0
 #: At most this many problem messages are listed in outcome-<name>.json.
 MAX_LISTED = 50
+#: The end clock probe gets at least this long, even at the end time.
+END_PROBE_MIN_S = 0.5
 
 
 class Outcome:
@@ -457,7 +473,12 @@ def run(name: str, results: Path) -> int:
         if restart and "written" in restart else None
     loop: AppLoop | None = None
     program: Program | None = None
+    clock_ref = (plan.get("clock") or {}).get("reference")
+    clock: dict | None = None
     try:
+        if clock_ref:
+            clock = {"reference": clock_ref, "start": clock_probe(clock_ref)}
+            log.info("%s: clock at start: %s", name, clock["start"])
         (results / f"ready-{name}").touch()
         if not _wait_for(results / "go.json", time.time() + GO_TIMEOUT_S):
             log.error("%s: no go.json within %.0fs", name, GO_TIMEOUT_S)
@@ -508,12 +529,18 @@ def run(name: str, results: Path) -> int:
         while time.time() < end_at and not all((results / d).exists() for d in everyone):
             time.sleep(0.05)
         time.sleep(LINGER_S)
+        if clock is not None:
+            clock["end"] = clock_probe(clock_ref, budget_s=max(
+                END_PROBE_MIN_S, min(PROBE_BUDGET_S, end_at - time.time())))
+            log.info("%s: clock at end: %s", name, clock["end"])
         # The process's CPU time (user + system, every thread) next to the
         # engine's packet counts: calibrate divides one by the other.
         write_json_atomic(results / f"counters-{name}.json",
                           {**net.counters, "process_cpu_s": _cpu_s(),
                            "process_cpu_at_go_s": cpu_at_go, "packets_at_go": packets_at_go})
         summary = outcome.summary(name)
+        if clock is not None:
+            summary["clock"] = clock
         if restart:
             summary["restart"] = {"incarnation": restart.get("incarnation"), "at": restart_at,
                                   "boot_s": boot_s, "sent_by_earlier": len(sent_before)}

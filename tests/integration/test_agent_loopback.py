@@ -9,6 +9,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,14 +36,14 @@ def _flow(name, src, dst, *, ensure, count=5, sizes=(100,), interval_s=0.02, dea
                 interval_s=interval_s, ensure=ensure, deadline_s=deadline_s, start_s=start_s)
 
 
-def _run_agents(results: Path, ensembles, running, flows, span_s):
+def _run_agents(results: Path, ensembles, running, flows, span_s, plan_extra=None):
     """Start agents for ``running`` (a subset of ``ensembles``), give the go
     signal with ``end_at = start_at + span_s``; their exit codes and outcomes."""
     port = _free_port()
     write_json_atomic(results / "plan.json", {
         "run_id": "t", "topology": "t", "ensembles": list(ensembles), "port": port,
         "flows": flows, "auth_key": None, "engine": {},
-        "bind": {e: ADDR[e] for e in ensembles}})
+        "bind": {e: ADDR[e] for e in ensembles}, **(plan_extra or {})})
     procs = {}
     try:
         for n in running:
@@ -93,6 +94,39 @@ def test_all_ensure_messages_delivered_exit_zero(tmp_path):
     delivered = [e for e in map(json.loads, events) if e["event"] == "deliver"]
     assert sorted(e["msg"] for e in delivered) == list(range(8))
     assert all(e["src"] == "a" and e["intact"] for e in delivered)
+
+
+@pytest.mark.timeout(30)
+def test_agents_measure_their_clock_at_start_and_end(tmp_path):
+    """A plan ``clock`` reference: each agent's outcome has a start and an
+    end measurement against it (one kernel here: offset within the
+    uncertainty); an unreachable reference is recorded, and costs no exit."""
+    from testbed.guest.clock import Responder
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    responder = Responder(sock)
+    th = threading.Thread(target=responder.serve, args=(time.monotonic() + 20,), daemon=True)
+    th.start()
+    ref = f"127.0.0.1:{sock.getsockname()[1]}"
+    flows = [_flow("ab", "a", "b", ensure=True, count=4)]
+    codes, out = _run_agents(tmp_path, ["a", "b"], ["a", "b"], flows, span_s=4.0,
+                             plan_extra={"clock": {"reference": ref}})
+    assert codes == {"a": 0, "b": 0}, _logs(tmp_path, "ab")
+    for name in "ab":
+        clock = out[name]["clock"]
+        assert clock["reference"] == ref
+        for when in ("start", "end"):
+            m = clock[when]
+            assert m["answered"] >= 1, clock
+            assert abs(m["offset_s"]) <= m["uncertainty_s"] + 1e-6, clock
+            assert m["at"] > 0 and m["rtt_s"] >= 0
+        assert clock["end"]["at"] > clock["start"]["at"]
+    closed = _free_port()
+    (tmp_path / "x").mkdir()
+    codes, out = _run_agents(tmp_path / "x", ["a"], ["a"], [], span_s=1.0,
+                             plan_extra={"clock": {"reference": f"127.0.0.1:{closed}"}})
+    assert codes == {"a": 0}
+    assert "error" in out["a"]["clock"]["start"] and "error" in out["a"]["clock"]["end"]
 
 
 @pytest.mark.timeout(30)
