@@ -5,7 +5,10 @@ Owns the order of a run and its results directory
 ``plan.json`` and ``go.json`` (what agents read), ``events-*.jsonl`` (what
 agents wrote), ``meta.json`` (backend, impairment engine, versions, kernel,
 timings, agent exit codes, counters and outcomes -- what became of each
-ensemble's own messages, see :mod:`testbed.guest.agent`; with a fault
+ensemble's own messages, see :mod:`testbed.guest.agent`; ``clocks``: each
+ensemble's clock against this host's, see :mod:`testbed.spec.clocks` --
+measured by the agents against the backend's clock reference where it has
+one (swarm), else "one kernel", offsets 0 by construction; with a fault
 timeline, ``start_at`` and ``events_applied``: each event with the time it
 was applied, see :mod:`testbed.emulate.timeline`), ``restart-<name>.json``
 (the last restart of an ensemble the timeline restarts) and ``logs/``.
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from testbed.emulate.progress import RunProgress, RunWatcher, watch
+from testbed.spec import clocks
 from testbed.spec.app import pack_apps
 from testbed.spec.jsonio import write_json_atomic
 from testbed.spec.model import Topology
@@ -231,6 +235,10 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
 
     def apply_links(hs: dict) -> None:
         t = time.monotonic()
+        if backend.clock_reference:
+            # Known only once the hosts exist; no agent has read the plan yet.
+            plan["clock"] = {"reference": backend.clock_reference}
+            write_json_atomic(run_dir / "plan.json", plan)
         for h in hs.values():
             egress = {o.ip: topology.link(h.name, o.name) for o in hs.values() if o is not h}
             impair.apply(h.netns_path, h.ifname, egress, label=h.name,
@@ -314,6 +322,7 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
         meta["counters"] = _read_counters(run_dir, topology)
         meta["outcomes"] = _read_outcomes(run_dir, topology)
         meta["finished"] = time.time()
+        meta["clocks"] = _clocks(backend, topology, meta)
         write_json_atomic(run_dir / "meta.json", meta)
         if down_error is not None:
             raise down_error
@@ -342,6 +351,27 @@ def _await_agents(run_dir: Path, topology: Topology, timeout_s: float, backend) 
     logs = {m: backend.logs(m)[-2000:] for m in missing[:3]}
     from testbed.emulate.backends.base import BackendError
     raise BackendError(f"agents never became ready: {missing}; last log lines: {logs}")
+
+
+def _clocks(backend, topology: Topology, meta: dict) -> dict:
+    """meta.json ``clocks`` (:mod:`testbed.spec.clocks`): what the agents
+    measured against the backend's clock reference, from their outcomes;
+    without a reference every host ran on this host's kernel clock."""
+    if not backend.clock_reference:
+        return clocks.one_kernel(list(topology.ensembles), meta.get("start_at", meta["started"]),
+                                 meta["finished"])
+    out: dict = {"method": clocks.METHOD_PROBE,
+                 "reference": f"{backend.clock_reference} (a container on this host's "
+                              "kernel clock)", "ensembles": {}}
+    for e in topology.ensembles:
+        got = (meta.get("outcomes", {}).get(e) or {}).get("clock")
+        if not isinstance(got, dict):
+            out["ensembles"][e] = {"start": {"error": "the agent recorded no clock"},
+                                   "end": {"error": "the agent recorded no clock"},
+                                   "drift_ppm": None}
+            continue
+        out["ensembles"][e] = clocks.ensemble_clock(got.get("start"), got.get("end"))
+    return out
 
 
 def _read_counters(run_dir: Path, topology: Topology) -> dict:

@@ -204,6 +204,40 @@ def test_teardown_removes_only_the_runs_services_configs_then_network(no_claims)
     assert [c["Id"] for c in api.ctrs] == ["k9"]
 
 
+def test_teardown_removes_the_clock_container_first_and_does_not_wait_for_it(no_claims):
+    """The clock reference is a plain container: swarm never removes it,
+    so teardown must, before waiting for the task containers to go."""
+    import time
+    api = FakeAPI()
+    api.ctrs.append({"Id": "ck", "Names": [f"/ttnet-{RID}-clock"],
+                     "Labels": {"ttnet.run": RID, swarm.ROLE_LABEL: "clock"}})
+    t = time.monotonic()
+    removed = swarm.teardown_run(FakeClient(api), RID, wait_s=5)
+    assert time.monotonic() - t < 2
+    assert api.calls[0] == ("container", "ck") and ("network", "n1") in api.calls
+    assert removed[0] == f"container ttnet-{RID}-clock"
+    assert [c["Id"] for c in api.ctrs] == ["k9"]
+
+
+def test_down_stops_the_clock_reference_and_keeps_its_log(no_claims, tmp_path):
+    api = FakeAPI()
+    api.ctrs.append({"Id": "ck", "Names": [f"/ttnet-{RID}-clock"],
+                     "Labels": {"ttnet.run": RID, swarm.ROLE_LABEL: "clock"}})
+    stopped = []
+    api.inspect_container = lambda cid: {"State": {"Running": True}}
+    api.stop = lambda cid, timeout: stopped.append(cid)
+    api.logs = lambda cid, stdout, stderr: b"clock responder: answered 64\n" \
+        if cid == "ck" else b"agent\n"
+    backend = swarm.SwarmBackend(client=FakeClient(api), run_id=RID, image="img")
+    (tmp_path / "logs").mkdir()
+    backend._run_dir = tmp_path
+    backend._ids, backend.hosts, backend._clock_id = {"a": "k1"}, {"a": None}, "ck"
+    backend.down()
+    assert stopped == ["k1", "ck"]
+    assert (tmp_path / "logs" / "clock.log").read_text() == "clock responder: answered 64\n"
+    assert ("container", "ck") in api.calls
+
+
 def test_teardown_without_a_swarm_still_removes_containers_and_network(no_claims):
     api = FakeAPI(manager=False)
     swarm.teardown_run(FakeClient(api), RID, wait_s=0.3)

@@ -112,6 +112,11 @@ class Backend(ABC):
     """
 
     name: str = "?"
+    #: "ip:port" of a clock reference (:mod:`testbed.guest.clock`) on this
+    #: host's kernel clock, set by up() of a backend whose hosts may run on
+    #: other machines (swarm); None: every host shares this host's kernel
+    #: clock (docker, netns), so nothing needs measuring.
+    clock_reference: str | None = None
 
     def __init__(self, run_id: str) -> None:
         # Resource names and the stale sweep parse the id back: 6 hex chars.

@@ -11,6 +11,16 @@ registry: a task never tries to pull), one replica, restart policy
 narrow that), with NET_ADMIN granted to the task (``cap_add``), never to
 the host. The run directory is bind-mounted at ``/results``.
 
+The clock reference: one plain container ``ttnet-<rid>-clock`` (not a
+service) of the same image, started through this engine -- so on this
+node, on this host's kernel clock -- and attached to the run's overlay,
+runs the UDP time responder (:mod:`testbed.guest.clock`) on CLOCK_PORT.
+``clock_reference`` is its "ip:port"; agents measure their clocks against
+it. It is no ensemble: no impairment names its address (they match per
+destination address of the ensembles), it has no start gate, and down()
+stops it (its log goes to ``logs/clock.log``) and removes it with the
+rest (label ``ttnet.role=clock`` beside ``ttnet.run=<rid>``).
+
 Impairments go into each task's own network namespace with the docker
 backend's machinery (``Host.netns_path`` is ``/proc/<pid>/ns/net`` of the
 task's container): this needs the task on *this* node. A task scheduled
@@ -45,6 +55,7 @@ from testbed.emulate.backends.docker import (LABEL, RESULTS_MOUNT, SHARED_MOUNT,
                                              client_or_none, remove_networks,
                                              host_limits)
 from testbed.emulate.impair.rate import ImpairError
+from testbed.spec.clocks import CLOCK_PORT
 from testbed.spec.model import Topology
 from testbed.spec.topology import PLACEMENT_PATTERN
 
@@ -52,6 +63,9 @@ log = logging.getLogger(__name__)
 
 ENSEMBLE_LABEL = "ttnet.ensemble"
 BACKEND_LABEL = "ttnet.backend"
+#: ``clock`` on the clock reference's container (no swarm task: removed
+#: first by teardown_run, swarm does not remove it with the services).
+ROLE_LABEL = "ttnet.role"
 #: Granted to every task: impairments (tc, iptables NFQUEUE) inside its own
 #: namespace. The host keeps its capabilities to itself.
 CAP_ADD = ("CAP_NET_ADMIN",)
@@ -156,6 +170,14 @@ def teardown_run(client, rid: str, wait_s: float = REMOVE_TIMEOUT_S) -> list[str
     run rid (in that order: a network goes only once its tasks are gone)."""
     removed: list[str] = []
     flt = {"label": f"{LABEL}={rid}"}
+    # The clock reference is a plain container: no service takes it away.
+    for c in client.api.containers(all=True, filters=flt):
+        if (c.get("Labels") or {}).get(ROLE_LABEL) == "clock":
+            try:
+                client.api.remove_container(c["Id"], force=True)
+                removed.append(f"container {c['Names'][0].lstrip('/')}")
+            except docker.errors.NotFound:
+                pass
     if _is_manager(client):
         for s in client.api.services(filters=flt):
             try:
@@ -260,6 +282,7 @@ class SwarmBackend(ContainerHosts, Backend):
         self._shared: dict[str, str] = {}
         self.network: str = f"ttnet-{self.run_id}"
         self.subnet: ipaddress.IPv4Network | None = None
+        self._clock_id: str | None = None
 
     def share_dir(self, path: str) -> str:
         """Bind ``path`` read-only at SHARED_MOUNT in every task."""
@@ -303,6 +326,7 @@ class SwarmBackend(ContainerHosts, Backend):
             labels={LABEL: rid, BACKEND_LABEL: "swarm"}, check_duplicate=True,
             ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
                 subnet=str(self.subnet), gateway=str(next(self.subnet.hosts())))]))
+        self._start_clock(image_id)
         ctl = f"{RESULTS_MOUNT}/{CTL_DIR}"
 
         def create(ensemble: str) -> None:
@@ -339,6 +363,45 @@ class SwarmBackend(ContainerHosts, Backend):
         log.info("swarm run %s: %d services on %s (%s)", rid, len(hosts), self.network,
                  self.subnet)
         return hosts
+
+    def _start_clock(self, image: str) -> None:
+        """Start the clock reference on this node, on the run's overlay,
+        and set ``clock_reference`` to its address."""
+        rid, api = self.run_id, self.client.api
+        cid = api.create_container(
+            image, ["python3", "-m", "testbed.guest.clock", "--port", str(CLOCK_PORT)],
+            name=f"ttnet-{rid}-clock", hostname="clock",
+            labels={LABEL: rid, BACKEND_LABEL: "swarm", ROLE_LABEL: "clock"},
+            host_config=api.create_host_config(network_mode=self.network, init=True,
+                                               auto_remove=False),
+            networking_config=api.create_networking_config(
+                {self.network: api.create_endpoint_config()}))["Id"]
+        self._clock_id = cid
+        api.start(cid)
+        info = api.inspect_container(cid)
+        ip = ((info.get("NetworkSettings") or {}).get("Networks") or {}) \
+            .get(self.network, {}).get("IPAddress")
+        if not info["State"]["Running"] or not ip:
+            raise BackendError(f"the clock reference container is not running on "
+                               f"{self.network} (state {info['State'].get('Status')}): "
+                               f"{self._container_logs(cid)[-2000:]}")
+        self.clock_reference = f"{ip}:{CLOCK_PORT}"
+        log.info("swarm run %s: clock reference at %s", rid, self.clock_reference)
+
+    def _stop_clock(self) -> None:
+        """Stop the clock reference (it prints what it answered) and keep
+        its log as ``logs/clock.log``; never raises."""
+        if self._clock_id is None:
+            return
+        try:
+            api = self.client.api
+            if api.inspect_container(self._clock_id)["State"]["Running"]:
+                api.stop(self._clock_id, timeout=STOP_GRACE_S)
+            text = self._container_logs(self._clock_id)
+            if self._run_dir is not None and (self._run_dir / "logs").is_dir():
+                (self._run_dir / "logs" / "clock.log").write_text(text)
+        except Exception:  # the teardown removes it regardless
+            log.debug("stopping the clock reference", exc_info=True)
 
     def _await_tasks(self, node: str) -> dict[str, dict]:
         """Each service's task, once it runs with a container on this node."""
@@ -400,6 +463,7 @@ class SwarmBackend(ContainerHosts, Backend):
         self._down = True
         try:
             self._stop_all()
+            self._stop_clock()
         finally:
             removed = teardown_run(self.client, self.run_id)
             if self._run_dir is not None:
