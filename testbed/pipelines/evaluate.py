@@ -7,6 +7,10 @@ the same model is already there), compare per flow, judge fidelity
 least 0.5 ms of delay, draw CDFs and write ``report.md``, which leads with
 the verdict. Never runs an emulation.
 
+The report also says how well the ensembles' clocks agreed (meta.json
+``clocks``, :mod:`testbed.spec.clocks`): the largest uncertainty, and a
+WARNING when it is more than CLOCK_WARN_SHARE of a link's delay.
+
 The host model a run is judged with is pinned in the run directory
 (``calibration.json``) the first time it is compared, so the same run gets
 the same verdict whichever calibration is found beside it later.
@@ -142,6 +146,7 @@ def compare_run(run_dir: Path, simulate_if_missing: bool = True,
                      f"cpus: limits not simulated: {emu_meta.get('backend', '?')} does not "
                      "enforce them")
     notes += load_notes(emu_meta, calibration)
+    notes += clock_notes(emu_meta, topo)
     notes += floor
     judged = [r for r in rows if in_target(r.flow)]
     skipped = sorted(r.flow for r in rows if not in_target(r.flow))
@@ -302,6 +307,72 @@ def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
         if warning:
             note += ". " + warning
         notes.append(note)
+    return notes
+
+
+#: A latency measured across two clocks is uncertain by the sum of their
+#: uncertainties; above this share of the link's delay the report warns.
+CLOCK_WARN_SHARE = 0.10
+#: At most this many links are named in the clock warning.
+CLOCK_WARN_LINKS = 5
+
+
+def clock_notes(emu_meta: dict, topo) -> list[str]:
+    """What the run's clocks (meta.json ``clocks``) mean for its latencies:
+    one kernel (nothing to say but that), or the measured offsets -- the
+    largest uncertainty, offset and drift -- with a WARNING naming the
+    links whose one-way latency is uncertain (the sum of both ends'
+    uncertainties) by more than CLOCK_WARN_SHARE of their delay, and one
+    naming ensembles without a measurement (their times are uncorrected).
+    Nothing for a run that recorded no clocks (older runs)."""
+    from testbed.spec import clocks
+    rec = emu_meta.get("clocks")
+    if not isinstance(rec, dict):
+        return []
+    if rec.get("method") == clocks.METHOD_ONE_KERNEL:
+        return ["clocks: every ensemble ran on this machine's kernel: one clock, "
+                "uncertainty 0, nothing corrected"]
+    ens = rec.get("ensembles") if isinstance(rec.get("ensembles"), dict) else {}
+    unc = {n: clocks.ensemble_uncertainty(ens.get(n)) for n in topo.ensembles}
+    worst = clocks.max_uncertainty(rec)
+    offsets = [abs(float(m["offset_s"])) for e in ens.values() if isinstance(e, dict)
+               for m in (e.get("start"), e.get("end"))
+               if isinstance(m, dict) and isinstance(m.get("offset_s"), (int, float))]
+    drifts = [abs(e["drift_ppm"]) for e in ens.values()
+              if isinstance(e, dict) and isinstance(e.get("drift_ppm"), (int, float))]
+    delays = [topo.link(a, b).delay_s for a in topo.ensembles for b in topo.ensembles
+              if a != b and topo.link(a, b).delay_s > 0]
+    text = (f"clocks: measured against {rec.get('reference', '?')} ({rec.get('method', '?')}) "
+            "at each ensemble's start and end; event times corrected onto it")
+    if worst is not None:
+        text += (f"; largest uncertainty {worst[0] * 1e3:.3f} ms ({worst[1]}), largest offset "
+                 f"{max(offsets, default=0.0) * 1e3:.3f} ms")
+        if drifts:
+            text += f", largest drift {max(drifts):.1f} ppm"
+    if delays:
+        text += f"; smallest link delay {min(delays) * 1e3:g} ms"
+    notes = [text]
+    uncertain = []
+    for a in topo.ensembles:
+        for b in topo.ensembles:
+            delay = topo.link(a, b).delay_s if a != b else 0.0
+            ua, ub = unc.get(a), unc.get(b)
+            if delay > 0 and ua is not None and ub is not None \
+                    and ua + ub > CLOCK_WARN_SHARE * delay:
+                uncertain.append((ua + ub, f"{a}->{b}", delay))
+    if uncertain:
+        uncertain.sort(reverse=True)
+        shown = ", ".join(f"{link} by up to {u * 1e3:.3f} ms of {d * 1e3:g} ms"
+                          for u, link, d in uncertain[:CLOCK_WARN_LINKS])
+        more = len(uncertain) - CLOCK_WARN_LINKS
+        notes.append(f"WARNING: clock uncertainty is more than {CLOCK_WARN_SHARE * 100:g}% "
+                     f"of the link delay: one-way latencies on {len(uncertain)} link(s) are "
+                     f"uncertain: {shown}" + (f" and {more} more" if more > 0 else ""))
+    missing = sorted(n for n, u in unc.items() if u is None)
+    if missing:
+        notes.append(f"WARNING: no clock measurement for {', '.join(missing)}: "
+                     "their event times are uncorrected and latencies to or from them "
+                     "may be off by their clocks' offset")
     return notes
 
 

@@ -13,7 +13,12 @@ line (``events-<name>.jsonl``; recorded test data may be gzipped):
   unknown   src dst size t                            a payload matching no planned message
 
 ``t`` is epoch seconds in emulation, simulated seconds in simulation. The
-simulator adds ``replication`` to each record. Readers skip (and count) lines
+simulator adds ``replication`` to each record. ``events-<name>.jsonl`` is
+written by ensemble <name>, on its clock: when the run's ``meta.json`` has
+measured clocks (:mod:`testbed.spec.clocks`, method "ntp-probe"), the
+reader moves each file's times onto the reference clock (its ensemble's
+offset, linear between its start and end measurements); without them
+(one kernel, older runs) times are read as written. Readers skip (and count) lines
 that are not valid records; they never fail a run for one bad line.
 
 Must never: import another testbed layer (the guest agent carries this
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from testbed.spec import clocks
 from testbed.spec.plan import message_size
 
 log = logging.getLogger(__name__)
@@ -210,17 +216,45 @@ class LoadedEvents:
     events: list[dict[str, Any]]
     malformed: int = 0
     files: list[Path] = field(default_factory=list)
+    #: Ensembles whose event times were moved onto the reference clock.
+    corrected: list[str] = field(default_factory=list)
 
 
-def load_run(run_dir: Path) -> LoadedEvents:
+def _writer(path: Path) -> str | None:
+    """The ensemble that wrote ``events-<name>.jsonl[.gz]`` (None otherwise)."""
+    name = path.name.removesuffix(".gz")
+    if name.startswith("events-") and name.endswith(".jsonl"):
+        return name[len("events-"):-len(".jsonl")]
+    return None
+
+
+def run_clocks(run_dir: Path) -> dict[str, dict]:
+    """The measured clocks of a run directory's ``meta.json`` by ensemble
+    (empty without meta.json or without measured clocks)."""
+    try:
+        meta = json.loads((Path(run_dir) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return clocks.measured(meta.get("clocks")) if isinstance(meta, dict) else {}
+
+
+def load_run(run_dir: Path, correct_clocks: bool = True) -> LoadedEvents:
     """All records of a run directory (every ``events*.jsonl`` in it, or
     ``events*.jsonl.gz``), or of a single such file. Malformed lines are
-    skipped, counted and logged."""
+    skipped, counted and logged. A run directory with measured clocks has
+    its times moved onto the reference clock (see the module docstring)
+    unless ``correct_clocks`` is False."""
     run_dir = Path(run_dir)
     files = [run_dir] if run_dir.is_file() else sorted(
         list(run_dir.glob(EVENT_GLOB)) + list(run_dir.glob(EVENT_GLOB_GZ)))
     loaded = LoadedEvents(events=[], files=files)
+    measured = run_clocks(run_dir) if correct_clocks and run_dir.is_dir() else {}
     for path in files:
+        entry = measured.get(_writer(path) or "")
+        if entry is not None and clocks.offset_at(entry, 0.0) is not None:
+            loaded.corrected.append(_writer(path) or "")
+        else:
+            entry = None
         opener: Any = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -231,6 +265,9 @@ def load_run(run_dir: Path) -> LoadedEvents:
                 except json.JSONDecodeError:
                     obj = None
                 if valid_record(obj):
+                    if entry is not None and isinstance(obj.get("t"), (int, float)) \
+                            and not isinstance(obj["t"], bool):
+                        obj["t"] = clocks.corrected(entry, float(obj["t"]))
                     loaded.events.append(obj)
                 else:
                     loaded.malformed += 1
@@ -242,6 +279,7 @@ def load_run(run_dir: Path) -> LoadedEvents:
     return loaded
 
 
-def load_events(run_dir: Path) -> list[dict[str, Any]]:
-    """The valid records of a run; see :func:`load_run` for the skipped count."""
-    return load_run(run_dir).events
+def load_events(run_dir: Path, correct_clocks: bool = True) -> list[dict[str, Any]]:
+    """The valid records of a run; see :func:`load_run` for the skipped
+    count and the clock correction."""
+    return load_run(run_dir, correct_clocks).events
