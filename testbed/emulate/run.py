@@ -322,7 +322,11 @@ def run_emulation(topology: Topology, backend_name: str | None = None,
         meta["counters"] = _read_counters(run_dir, topology)
         meta["outcomes"] = _read_outcomes(run_dir, topology)
         meta["finished"] = time.time()
-        meta["clocks"] = _clocks(backend, topology, meta)
+        try:
+            meta["clocks"] = _clocks(backend, topology, meta)
+        except Exception as exc:       # never at the cost of meta.json
+            log.exception("clocks not recorded")
+            meta["clocks"] = {"error": f"{type(exc).__name__}: {exc}"}
         write_json_atomic(run_dir / "meta.json", meta)
         if down_error is not None:
             raise down_error

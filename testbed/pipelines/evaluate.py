@@ -338,7 +338,7 @@ def clock_notes(emu_meta: dict, topo) -> list[str]:
     offsets = [abs(float(m["offset_s"])) for e in ens.values() if isinstance(e, dict)
                for m in (e.get("start"), e.get("end"))
                if isinstance(m, dict) and isinstance(m.get("offset_s"), (int, float))]
-    drifts = [abs(e["drift_ppm"]) for e in ens.values()
+    drifts = [(abs(e["drift_ppm"]), e.get("drift_uncertainty_ppm")) for e in ens.values()
               if isinstance(e, dict) and isinstance(e.get("drift_ppm"), (int, float))]
     delays = [topo.link(a, b).delay_s for a in topo.ensembles for b in topo.ensembles
               if a != b and topo.link(a, b).delay_s > 0]
@@ -348,7 +348,9 @@ def clock_notes(emu_meta: dict, topo) -> list[str]:
         text += (f"; largest uncertainty {worst[0] * 1e3:.3f} ms ({worst[1]}), largest offset "
                  f"{max(offsets, default=0.0) * 1e3:.3f} ms")
         if drifts:
-            text += f", largest drift {max(drifts):.1f} ppm"
+            drift, within = max(drifts, key=lambda d: d[0])
+            text += f", largest drift {drift:.1f} ppm" + (
+                f" (+-{within:.1f})" if isinstance(within, (int, float)) else "")
     if delays:
         text += f"; smallest link delay {min(delays) * 1e3:g} ms"
     notes = [text]

@@ -24,7 +24,10 @@ so an event time moves onto the reference clock as ``t + offset``
 
 meta.json ``clocks``: ``method`` ("ntp-probe" or "one kernel"),
 ``reference`` (what was measured against), ``ensembles``: {name: {start,
-end, drift_ppm}} -- a measurement each, or ``{"error": why}``. The
+end, drift_ppm, drift_uncertainty_ppm}} -- a measurement each, or
+``{"error": why}``; the drift (how fast the offset changed from start to
+end) is known within the sum of the two uncertainties over the time
+between them. The
 ensembles sit under their own key so an ensemble named "method" cannot
 collide.
 
@@ -86,6 +89,12 @@ def ensemble_clock(start: dict | None, end: dict | None) -> dict:
                              "end": end if end is not None else {"error": "not measured"}}
     drift = drift_ppm(start, end)
     entry["drift_ppm"] = None if drift is None else round(drift, 3)
+    if drift is not None:
+        # Each offset is known within its uncertainty: so is their slope.
+        s, e = start or {}, end or {}
+        entry["drift_uncertainty_ppm"] = round(
+            (float(s["uncertainty_s"]) + float(e["uncertainty_s"]))
+            / (float(e["at"]) - float(s["at"])) * 1e6, 3)
     return entry
 
 

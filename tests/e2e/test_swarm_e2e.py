@@ -1,8 +1,9 @@
 """The swarm backend end to end on a single-node swarm, through the real
 CLI: a small pair topology with ``--backend swarm`` (delivery of every
 ensure=True message, fragmentation, the handshake, latency against the
-configured delay), a failing start, and SIGINT during ``up`` -- each
-leaving nothing of its run behind.
+configured delay, every ensemble's clock measured against the clock
+reference), a failing start, and SIGINT during ``up`` -- each leaving
+nothing of its run behind (the clock reference's container included).
 
 The ``swarm`` fixture joins the swarm this engine is in, or makes a
 single-node one (``docker swarm init --advertise-addr 127.0.0.1``) and
@@ -111,7 +112,23 @@ def test_swarm_run_delivers_fragments_and_keeps_the_link_delay(tmp_path, swarm):
     run_dir = next((tmp_path / "res" / "swarm-pair").iterdir())
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["backend"] == "swarm" and meta["exit_codes"] == {"a": 0, "b": 0}
-    assert _left_of(meta["backend_run_id"]) == []
+    rid = meta["backend_run_id"]
+    assert _left_of(rid) == []
+    assert not _docker("ps", "-aq", "--filter", f"name=ttnet-{rid}-clock").stdout.strip()
+    # Every ensemble measured its clock against the reference at its start
+    # and end. One node: one kernel clock, so the offset is 0 within the
+    # measurement's uncertainty (+1 ms for the clock reads themselves).
+    clocks = meta["clocks"]
+    assert clocks["method"] == "ntp-probe" and clocks["reference"], clocks
+    assert set(clocks["ensembles"]) == {"a", "b"}, clocks
+    for name, entry in clocks["ensembles"].items():
+        for when in ("start", "end"):
+            m = entry[when]
+            assert "error" not in m, (name, when, m)
+            assert abs(m["offset_s"]) <= m["uncertainty_s"] + 0.001, (name, when, m)
+            assert m["uncertainty_s"] < 0.005, (name, when, m)
+        assert entry["drift_ppm"] is not None
+    assert "answered" in (run_dir / "logs" / "clock.log").read_text()
     # Every ensure=True message arrived, exactly once, intact.
     assert all(o.get("ensure_failures") == 0 for o in meta["outcomes"].values()), meta["outcomes"]
     events = load_events(run_dir)
@@ -134,7 +151,13 @@ def test_swarm_run_delivers_fragments_and_keeps_the_link_delay(tmp_path, swarm):
         assert 3 * DELAY_S <= fs.p50 <= 3 * DELAY_S + 0.015, (name, fs.p50)
     # Overlay MTU 1450 > the largest ttnet datagram (1217 B + 28 B of UDP/IP).
     print(f"swarm run: up {meta['up_s']} s, down {meta['down_s']} s, whole {took:.1f} s; "
-          f"p50 ms: {', '.join(f'{n} {stats[n].p50 * 1e3:.1f}' for n in stats)}")
+          f"p50 ms: {', '.join(f'{n} {stats[n].p50 * 1e3:.1f}' for n in stats)}; clocks: "
+          + "; ".join(f"{n} {w} offset {m['offset_s'] * 1e6:+.1f} us "
+                      f"+-{m['uncertainty_s'] * 1e6:.1f} us"
+                      for n, e in clocks["ensembles"].items()
+                      for w, m in (("start", e["start"]), ("end", e["end"])))
+          + "; drift ppm " + ", ".join(f"{n} {e['drift_ppm']}"
+                                       for n, e in clocks["ensembles"].items()))
 
 
 @pytest.mark.timeout(120)

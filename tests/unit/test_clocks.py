@@ -135,6 +135,7 @@ def test_offset_interpolates_between_start_and_end_and_drift_in_ppm():
         {"offset_s": -0.005, "uncertainty_s": 1e-4, "at": 100.0},
         {"offset_s": -0.007, "uncertainty_s": 1e-4, "at": 200.0})
     assert entry["drift_ppm"] == pytest.approx(-20.0)
+    assert entry["drift_uncertainty_ppm"] == pytest.approx(2.0)       # 0.2 ms over 100 s
     assert clocks.offset_at(entry, 150.0) == pytest.approx(-0.006)
     assert clocks.offset_at(entry, 50.0) == pytest.approx(-0.005)     # before: the start's
     assert clocks.offset_at(entry, 300.0) == pytest.approx(-0.007)    # after: the end's
