@@ -145,6 +145,19 @@ def test_offset_interpolates_between_start_and_end_and_drift_in_ppm():
     assert clocks.offset_at(clocks.ensemble_clock(None, None), 1.0) is None
 
 
+
+def test_an_offset_within_its_uncertainty_moves_nothing():
+    """On one node the measured offsets are noise within their uncertainty:
+    moving times by them would add that noise, not remove an error."""
+    noise = clocks.ensemble_clock({"offset_s": 3.7e-5, "uncertainty_s": 9.6e-5, "at": 1.0},
+                                  {"offset_s": -2e-6, "uncertainty_s": 2.2e-5, "at": 13.0})
+    assert clocks.offset_at(noise, 5.0) == 0.0 and clocks.corrected(noise, 5.0) == 5.0
+    # one end significant, the other not: linear from 0 to it
+    half = clocks.ensemble_clock({"offset_s": 5e-5, "uncertainty_s": 1e-4, "at": 0.0},
+                                 {"offset_s": 0.004, "uncertainty_s": 1e-4, "at": 10.0})
+    assert clocks.offset_at(half, 5.0) == pytest.approx(0.002)
+
+
 # --- meta.json ---------------------------------------------------------------
 
 class _Backend:
