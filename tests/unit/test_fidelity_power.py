@@ -35,11 +35,16 @@ NOT_CAUGHT = {
 }
 
 
+def _load_recorded(run_dir: Path):
+    """(topology, the calibration pinned beside the run, emulated stats)."""
+    topo = load_topology(run_dir / "topology.yaml")
+    host = HostModel.from_calibration(json.loads((run_dir / "calibration.json").read_text()))
+    return topo, host, flow_stats(load_events(run_dir))
+
+
 @pytest.fixture(scope="module")
 def recorded():
-    topo = load_topology(RUN / "topology.yaml")
-    host = HostModel.from_calibration(json.loads((RUN / "calibration.json").read_text()))
-    return topo, host, flow_stats(load_events(RUN))
+    return _load_recorded(RUN)
 
 
 def test_the_recorded_run_is_whole(recorded):
@@ -85,9 +90,7 @@ RTO_NOT_CAUGHT = {
 
 @pytest.fixture(scope="module")
 def recorded_rto():
-    topo = load_topology(RTO_RUN / "topology.yaml")
-    host = HostModel.from_calibration(json.loads((RTO_RUN / "calibration.json").read_text()))
-    return topo, host, flow_stats(load_events(RTO_RUN))
+    return _load_recorded(RTO_RUN)
 
 
 def test_second_recorded_run_is_whole_and_its_faithful_model_does_not_fail(recorded_rto):
@@ -129,9 +132,7 @@ LAN_APPLIES = {"delay x1.3", "delay x0.77", "RTO x2", "one direction only", "hos
 
 @pytest.fixture(scope="module")
 def recorded_lan():
-    topo = load_topology(LAN_RUN / "topology.yaml")
-    host = HostModel.from_calibration(json.loads((LAN_RUN / "calibration.json").read_text()))
-    return topo, host, flow_stats(load_events(LAN_RUN))
+    return _load_recorded(LAN_RUN)
 
 
 def test_third_recorded_run_is_whole_and_its_faithful_model_does_not_fail(recorded_lan):
