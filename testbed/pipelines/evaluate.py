@@ -239,6 +239,30 @@ def machine_warning(whole: dict, other: float | None) -> str | None:
     return None
 
 
+def disturbance(emu_meta: dict) -> str | None:
+    """The machine warning of a run (:func:`machine_warning`: steal or other
+    work over their bounds during the flows), None for an undisturbed run or
+    one recorded without a machine record. Depends on /proc/stat and the
+    run's own CPU counters only, never on its latencies or verdict."""
+    from testbed.pipelines.calibrate import machine_work
+    whole, run_s = machine_work(emu_meta), emu_meta.get("run_s") or 0
+    if whole is None or run_s <= 0:
+        return None
+    own = _own_cores(emu_meta, run_s)[0]
+    return machine_warning(whole, None if own is None else max(0.0, whole["busy_cores"] - own))
+
+
+def _own_cores(emu_meta: dict, run_s: float) -> tuple[float | None, tuple | None]:
+    """(cores the run's agents and NFQUEUE daemon used over the flows, None
+    when no agent recorded the flows' start; the daemon's work record)."""
+    from testbed.pipelines.calibrate import agents_work, daemon_work
+    work = daemon_work(emu_meta)
+    agents = agents_work(emu_meta.get("counters") or {}, flows_only=True)
+    if not agents:
+        return None, work
+    return (sum(cpu for cpu, _ in agents.values()) + (work[0] if work else 0.0)) / run_s, work
+
+
 def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
     """How hard the run drove the emulator and the machine. The emulator:
     packets through the impairment engine against the capacity measured at
@@ -249,18 +273,16 @@ def load_notes(emu_meta: dict, calibration: dict | None) -> list[str]:
     cores the agents and the daemon used. The machine: its whole CPU use
     over the flows, and how much of it was not this run's (other work
     competing with the emulation)."""
-    from testbed.pipelines.calibrate import agents_work, daemon_work, machine_work
+    from testbed.pipelines.calibrate import machine_work
     cal = calibration or {}
     run_s = emu_meta.get("run_s") or 0
     if run_s <= 0:
         return []
-    work = daemon_work(emu_meta)
+    own, work = _own_cores(emu_meta, run_s)
     daemon_cpu = work[0] if work is not None else 0.0
-    agents = agents_work(emu_meta.get("counters") or {}, flows_only=True)
     whole = machine_work(emu_meta)
     # the run's own machine; calibrations made before runs recorded it say theirs
     cores = (whole or {}).get("cores") or cal.get("cores")
-    own = ((sum(cpu for cpu, _ in agents.values()) + daemon_cpu) / run_s) if agents else None
     notes = []
     links = (emu_meta.get("impair_stats") or {}).get("links") or {}
     if links:

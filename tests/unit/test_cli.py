@@ -62,6 +62,8 @@ def test_usage_errors_exit_2():
     assert bad.returncode == 2 and "must be >= 0" in bad.stderr
     bad = cli("false-alarms", "pair", "--trials", "0")
     assert bad.returncode == 2 and "at least 1" in bad.stderr
+    bad = cli("all", "--remeasure", "-1")
+    assert bad.returncode == 2 and "at least 0" in bad.stderr
 
 
 def test_unknown_topology_is_one_line_with_the_known_names_and_exit_2(tmp_path):
@@ -255,3 +257,75 @@ def test_all_leaves_out_only_the_fidelity_suite_whose_topologies_it_runs_itself(
     assert main(["--results", str(tmp_path), "all", "--backend", "netns"]) == 0
     (argv,) = calls
     assert argv[1:] == ["-m", "pytest", "tests/e2e", "-q", f"--ignore={cli.FIDELITY_SUITE}"]
+
+
+class _Run:
+    """What run_emulation returns, for `all`'s loop."""
+    def __init__(self, run_dir, steal, ok=True):
+        self.run_dir, self.ok = run_dir, ok
+        self.meta = {"run_s": 10.0, "exit_codes": {"a": 0 if ok else 3}, "machine_cpu": {
+            "cores": 2, "at_start": {"t": 0.0, "busy": 0.0, "steal": 0.0, "idle": 0.0},
+            "at_end": {"t": 10.0, "busy": 5.0, "steal": steal * 10, "idle": 0.0}}}
+
+
+def _all_with(monkeypatch, tmp_path, steals, verdicts, oks=None):
+    """Run `all` on pair with run_emulation and compare_run replaced: run i
+    had ``steals[i]`` cores of steal and the verdict outcome ``verdicts[i]``."""
+    from types import SimpleNamespace
+
+    from testbed import cli
+    runs = iter(range(len(steals)))
+    seen = []
+
+    def run_emulation(topo, backend, results, **kw):
+        i = next(runs)
+        seen.append(i)
+        d = tmp_path / f"run{i}"
+        d.mkdir()
+        return _Run(d, steals[i], True if oks is None else oks[i])
+
+    def compare_run(run_dir):
+        i = int(run_dir.name[3:])
+        v = SimpleNamespace(outcome=verdicts[i], ok=verdicts[i] != "FAIL",
+                            counts=lambda: verdicts[i], failures=[], judgements=[],
+                            passed=[], failed=[], undetermined=[])
+        return [], v, run_dir / "report.md"
+
+    monkeypatch.setattr("testbed.emulate.run.run_emulation", run_emulation)
+    monkeypatch.setattr(cli, "compare_run", compare_run)
+    monkeypatch.setattr(cli, "_summarise", lambda d: None)
+    monkeypatch.setattr(cli, "_print_verdict", lambda v, n: None)
+    monkeypatch.setattr(cli, "_present", lambda name, res, judged: 0 if judged[1].ok else 1)
+    monkeypatch.setattr("testbed.simulate.host.load_calibration",
+                        lambda *a, **k: {"backend": "netns"})
+    return seen
+
+
+@pytest.mark.parametrize("steals, verdicts, runs, code", [
+    ([0.0], ["PASS"], 1, 0),                        # quiet: measured once
+    ([0.0], ["FAIL"], 1, 1),                        # a quiet FAIL stands
+    ([0.2, 0.0], ["FAIL", "PASS"], 2, 0),           # stolen: measured again
+    ([0.2, 0.0], ["PASS", "FAIL"], 2, 1),           # whatever its verdict
+    ([0.2, 0.3], ["FAIL", "FAIL"], 2, 1),           # at most once: the last one stands
+])
+def test_all_measures_a_disturbed_run_again_whatever_its_verdict(monkeypatch, tmp_path, capsys,
+                                                                steals, verdicts, runs, code):
+    seen = _all_with(monkeypatch, tmp_path, steals, verdicts)
+    assert main(["--results", str(tmp_path), "all", "pair", "--backend", "netns",
+                 "--skip-e2e"]) == code
+    assert len(seen) == runs
+    out = capsys.readouterr().out
+    if runs == 2:
+        assert "not a measurement of the testbed: WARNING: the hypervisor took 0.20" in out
+        assert f"measured again: pair ({verdicts[0]} in {tmp_path / 'run0'}" in out
+
+
+def test_all_remeasure_0_and_lost_messages_of_a_disturbed_run(monkeypatch, tmp_path):
+    seen = _all_with(monkeypatch, tmp_path, [0.2], ["FAIL"])
+    assert main(["--results", str(tmp_path), "all", "pair", "--backend", "netns",
+                 "--skip-e2e", "--remeasure", "0"]) == 1 and seen == [0]
+    # an ensure=True message lost in a disturbed run fails `all`, measured again or not
+    seen = _all_with(monkeypatch, tmp_path / "b", [0.2, 0.0], ["PASS", "PASS"], [False, True])
+    (tmp_path / "b").mkdir()
+    assert main(["--results", str(tmp_path / "b"), "all", "pair", "--backend", "netns",
+                 "--skip-e2e"]) == 1 and seen == [0, 1]
